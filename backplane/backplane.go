@@ -1,0 +1,185 @@
+// Package backplane defines how wshub nodes move messages between each other.
+//
+// A Backplane moves opaque bytes on named channels between the nodes of a
+// cluster. It knows nothing about users, topics or sessions: the hub maps those
+// to channels and encodes its own envelopes. A backend implements the small
+// Backplane interface and may implement optional interfaces (such as Notifier)
+// that the hub discovers by type assertion.
+//
+// Every backend must pass the conformance suite in package backplanetest.
+//
+// Backends register a URL scheme with Register so that applications can pick
+// one from configuration with Open:
+//
+//	bp, err := backplane.Open(ctx, "memory://")
+package backplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"sync"
+)
+
+// Errors returned by backplanes. Backends wrap them with %w so that callers can
+// test for them with errors.Is.
+var (
+	// ErrClosed is returned by every call made after Close.
+	ErrClosed = errors.New("backplane: closed")
+	// ErrUnavailable means the backplane cannot currently reach the rest of
+	// the cluster (the link to its server is down, or the node is partitioned).
+	ErrUnavailable = errors.New("backplane: unavailable")
+	// ErrInvalidChannel is returned for an empty channel name.
+	ErrInvalidChannel = errors.New("backplane: invalid channel")
+	// ErrStarted is returned by a second call to Start.
+	ErrStarted = errors.New("backplane: already started")
+	// ErrUnknownScheme is returned by Open for a URL whose scheme no backend
+	// registered.
+	ErrUnknownScheme = errors.New("backplane: unknown scheme")
+)
+
+// Handler receives the messages that arrive on the channels a node subscribed to.
+//
+// A backplane calls its handler for one channel at a time in the order the
+// messages of each publisher were published; calls for different channels may
+// be concurrent. The handler must not block: it should hand the message off and
+// return. payload must not be modified; the handler may keep it.
+type Handler func(channel string, payload []byte)
+
+// Backplane is one node's connection to the cluster's message bus.
+//
+// A message published on a channel reaches every node that is subscribed to
+// that channel when it is published, including the publishing node itself.
+// Subscriptions are a set: subscribing to a channel twice and unsubscribing
+// once leaves it unsubscribed. All methods are safe for concurrent use.
+type Backplane interface {
+	// Start sets the handler that receives every message for this node and
+	// begins delivery. It must be called once, before Subscribe; a second call
+	// returns ErrStarted.
+	Start(h Handler) error
+
+	// Publish sends payload to every node subscribed to channel. The backplane
+	// may keep payload, so the caller must not modify it afterwards. Publish
+	// returns an error wrapping ErrUnavailable when the message cannot be
+	// handed to the bus, and ctx.Err() when ctx ends first.
+	Publish(ctx context.Context, channel string, payload []byte) error
+
+	// Subscribe adds channels to this node's interest. When it returns nil,
+	// every message published to those channels afterwards is delivered to
+	// the handler.
+	Subscribe(ctx context.Context, channels ...string) error
+
+	// Unsubscribe removes channels from this node's interest. Messages
+	// published to them after it returns are not delivered. Unsubscribing a
+	// channel the node does not hold is not an error.
+	Unsubscribe(ctx context.Context, channels ...string) error
+
+	// Close stops delivery and releases what the backplane created. The
+	// handler is not called after Close returns. Calling Close again returns
+	// nil; every other method returns an error wrapping ErrClosed after Close.
+	Close() error
+}
+
+// EventKind says what happened to a node's link to the bus.
+type EventKind int
+
+// The kinds of Event.
+const (
+	// EventDown means the node stopped receiving from the bus. Messages
+	// published while it is down may not reach it.
+	EventDown EventKind = iota + 1
+	// EventRestored means the node receives again. Gap reports whether
+	// messages may have been lost while it was down.
+	EventRestored
+)
+
+// String returns "down" or "restored".
+func (k EventKind) String() string {
+	switch k {
+	case EventDown:
+		return "down"
+	case EventRestored:
+		return "restored"
+	default:
+		return fmt.Sprintf("EventKind(%d)", int(k))
+	}
+}
+
+// Event reports a change in a node's link to the bus.
+type Event struct {
+	Kind EventKind
+	// Err is the cause of an EventDown, when known.
+	Err error
+	// Gap is true on EventRestored when messages published while the node was
+	// down may not have been delivered to it.
+	Gap bool
+}
+
+// Notifier is implemented by backplanes that report changes of their link to
+// the bus. The hub calls Notify once, before Start; fn must not block.
+type Notifier interface {
+	Notify(fn func(Event))
+}
+
+// Opener opens a backplane from a URL whose scheme it was registered for.
+type Opener func(ctx context.Context, u *url.URL) (Backplane, error)
+
+// registry is the only package-level state: the table of backends, written by
+// their init functions.
+var registry = struct {
+	sync.RWMutex
+	m map[string]Opener
+}{m: make(map[string]Opener)}
+
+// Register makes a backend available to Open under a URL scheme. It is meant
+// to be called from a backend's init function and panics if the scheme is
+// empty, the opener is nil or the scheme is already registered.
+func Register(scheme string, open Opener) {
+	if scheme == "" || open == nil {
+		panic("backplane: Register with empty scheme or nil opener")
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	if _, dup := registry.m[scheme]; dup {
+		panic("backplane: Register called twice for scheme " + scheme)
+	}
+	registry.m[scheme] = open
+}
+
+// Schemes returns the registered URL schemes, sorted.
+func Schemes() []string {
+	registry.RLock()
+	defer registry.RUnlock()
+	s := make([]string, 0, len(registry.m))
+	for k := range registry.m {
+		s = append(s, k)
+	}
+	sort.Strings(s)
+	return s
+}
+
+// Open opens a backplane from a URL such as "memory://". The backend for the
+// scheme must have been registered, usually by importing its package:
+//
+//	import _ "github.com/wshub/wshub/backplane/memory"
+//
+// The caller owns the returned backplane and must Close it.
+func Open(ctx context.Context, rawURL string) (Backplane, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("backplane: parse url: %w", err)
+	}
+	registry.RLock()
+	open := registry.m[u.Scheme]
+	registry.RUnlock()
+	if open == nil {
+		return nil, fmt.Errorf("%w %q (registered: %v)", ErrUnknownScheme, u.Scheme, Schemes())
+	}
+	bp, err := open(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("backplane: open %s: %w", u.Scheme, err)
+	}
+	return bp, nil
+}

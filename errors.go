@@ -1,0 +1,74 @@
+package wshub
+
+import (
+	"errors"
+
+	"github.com/coder/websocket"
+)
+
+// Errors returned by the hub and its sessions. Calls wrap them with %w, so test
+// for them with errors.Is. Errors from the backplane stay reachable the same
+// way (for example backplane.ErrUnavailable).
+var (
+	// ErrClosed is returned by calls made after Hub.Close began.
+	ErrClosed = errors.New("wshub: hub closed")
+	// ErrSessionClosed is returned by Session calls after the session began
+	// to close.
+	ErrSessionClosed = errors.New("wshub: session closed")
+	// ErrInvalidUserID is returned for an empty user ID or one longer than
+	// MaxNameLength bytes.
+	ErrInvalidUserID = errors.New("wshub: invalid user id")
+	// ErrInvalidTopic is returned for an empty topic or one longer than
+	// MaxNameLength bytes.
+	ErrInvalidTopic = errors.New("wshub: invalid topic")
+	// ErrInvalidSessionID is returned for a string that is not a session ID
+	// made by a hub.
+	ErrInvalidSessionID = errors.New("wshub: invalid session id")
+	// ErrInvalidMessage is returned for a Message with no valid Type (such as
+	// the zero Message) or a text message that is not valid UTF-8.
+	ErrInvalidMessage = errors.New("wshub: invalid message")
+	// ErrMessageTooLarge is returned for a message larger than
+	// Options.MaxMessageSize.
+	ErrMessageTooLarge = errors.New("wshub: message too large")
+	// ErrInvalidCloseStatus is returned for a close status code a server may
+	// not send, or a reason longer than 123 bytes.
+	ErrInvalidCloseStatus = errors.New("wshub: invalid close status")
+	// ErrInvalidOptions is returned by New for a bad configuration.
+	ErrInvalidOptions = errors.New("wshub: invalid options")
+)
+
+// StatusCode is a WebSocket close status code (RFC 6455, section 7.4).
+type StatusCode int
+
+// Close status codes a server commonly sends. Applications may also use their
+// own codes in the range 4000 to 4999.
+const (
+	StatusNormalClosure   StatusCode = 1000
+	StatusGoingAway       StatusCode = 1001
+	StatusPolicyViolation StatusCode = 1008
+	StatusMessageTooBig   StatusCode = 1009
+	StatusInternalError   StatusCode = 1011
+	StatusTryAgainLater   StatusCode = 1013
+)
+
+// validStatus reports whether a server may send code with reason.
+func validStatus(code StatusCode, reason string) bool {
+	if len(reason) > 123 {
+		return false
+	}
+	switch {
+	case code == 1000 || code == 1001 || code == 1002 || code == 1003:
+		return true
+	case code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
+// CloseStatus returns the close status code carried by err, as found in the
+// error passed to Options.OnDisconnect, or -1 when err is not a close.
+func CloseStatus(err error) StatusCode {
+	return StatusCode(websocket.CloseStatus(err))
+}

@@ -1,0 +1,608 @@
+package wshub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/coder/websocket"
+
+	"github.com/wshub/wshub/backplane"
+	"github.com/wshub/wshub/backplane/memory"
+	"github.com/wshub/wshub/internal/envelope"
+)
+
+// Channel name prefixes on the backplane.
+const (
+	userPrefix  = "u:"
+	topicPrefix = "t:"
+	nodePrefix  = "n:"
+)
+
+// Hub accepts WebSocket connections as an http.Handler and delivers messages
+// to users, topics and sessions anywhere in the cluster. All methods are safe
+// for concurrent use.
+type Hub struct {
+	opts     Options
+	log      *slog.Logger
+	bp       backplane.Backplane
+	ownBP    bool
+	inbox    string
+	interest *interest
+
+	// ctx is the hub's lifetime; every session's context derives from it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.RWMutex
+	closed   bool
+	sessions map[string]*Session
+	users    map[string]map[*Session]struct{}
+	topics   map[string]map[*Session]struct{}
+
+	flushes   map[string]chan struct{} // tokens of flush markers in flight, under mu
+	conns     sync.WaitGroup           // ServeHTTP calls that own a session
+	closeOnce sync.Once
+	closeErr  error
+	seq       atomic.Uint64
+	stats     counters
+}
+
+type counters struct {
+	accepted, received, delivered, dropped, slowClosed atomic.Uint64
+	malformed, backplaneDown, backplaneGaps            atomic.Uint64
+}
+
+// Stats are counters of one hub since it started.
+type Stats struct {
+	Sessions       int    // sessions open on this node now
+	Accepted       uint64 // sessions accepted in all
+	Received       uint64 // messages read from clients
+	Delivered      uint64 // messages queued to sessions of this node
+	Dropped        uint64 // queued messages dropped by SlowDropOldest
+	SlowClosed     uint64 // sessions closed by SlowClose
+	Malformed      uint64 // backplane messages that did not decode, dropped
+	BackplaneDowns uint64 // times the backplane reported its link down
+	BackplaneGaps  uint64 // times it came back with messages possibly lost
+}
+
+// New returns a hub configured by opts, which may be nil for all defaults. It
+// starts the hub's backplane delivery; release the hub with Close.
+func New(opts *Options) (*Hub, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	h := &Hub{
+		opts:     o,
+		log:      o.Logger.With("node", o.NodeID),
+		bp:       o.Backplane,
+		inbox:    nodePrefix + o.NodeID,
+		sessions: make(map[string]*Session),
+		users:    make(map[string]map[*Session]struct{}),
+		topics:   make(map[string]map[*Session]struct{}),
+		flushes:  make(map[string]chan struct{}),
+	}
+	if h.bp == nil {
+		node, err := memory.NewBus().NewNode(o.NodeID)
+		if err != nil {
+			return nil, fmt.Errorf("wshub: memory backplane: %w", err)
+		}
+		h.bp, h.ownBP = node, true
+	}
+	if n, ok := h.bp.(backplane.Notifier); ok {
+		n.Notify(h.onBackplaneEvent)
+	}
+	if err := h.bp.Start(h.receive); err != nil {
+		if h.ownBP {
+			_ = h.bp.Close()
+		}
+		return nil, fmt.Errorf("wshub: start backplane: %w", err)
+	}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
+	h.interest = newInterest(h.bp, h.log, o.SubscribeTimeout)
+	h.interest.acquire(h.inbox)
+	return h, nil
+}
+
+// NodeID returns the ID of this node.
+func (h *Hub) NodeID() string { return h.opts.NodeID }
+
+// Stats returns the hub's counters.
+func (h *Hub) Stats() Stats {
+	h.mu.RLock()
+	n := len(h.sessions)
+	h.mu.RUnlock()
+	return Stats{
+		Sessions:       n,
+		Accepted:       h.stats.accepted.Load(),
+		Received:       h.stats.received.Load(),
+		Delivered:      h.stats.delivered.Load(),
+		Dropped:        h.stats.dropped.Load(),
+		SlowClosed:     h.stats.slowClosed.Load(),
+		Malformed:      h.stats.malformed.Load(),
+		BackplaneDowns: h.stats.backplaneDown.Load(),
+		BackplaneGaps:  h.stats.backplaneGaps.Load(),
+	}
+}
+
+// ServeHTTP authenticates the request, upgrades it to a WebSocket and serves
+// the session until it ends. It answers 401 when Options.Authenticate fails,
+// 403 for a refused origin, 503 once the hub is closing or when the backplane
+// cannot confirm the user's subscription in time.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		http.Error(w, "wshub: shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	h.conns.Add(1)
+	h.mu.Unlock()
+	defer h.conns.Done()
+
+	var userID string
+	if h.opts.Authenticate != nil {
+		var err error
+		userID, err = h.opts.Authenticate(r)
+		if err != nil {
+			h.log.Debug("wshub: authentication failed", "remote", r.RemoteAddr, "err", err)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		if len(userID) > MaxNameLength {
+			h.log.Error("wshub: Authenticate returned an over-long user id", "len", len(userID))
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+	}
+	if !isUpgrade(r) {
+		// Let the websocket library answer with the right status and headers.
+		_, _ = websocket.Accept(w, r, nil)
+		return
+	}
+
+	s := h.newSession(r, userID)
+	if err := h.register(r.Context(), s); err != nil {
+		status := http.StatusServiceUnavailable
+		h.log.Warn("wshub: cannot register session", "err", err)
+		http.Error(w, "wshub: "+http.StatusText(status), status)
+		return
+	}
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: h.opts.AllowedOrigins})
+	if err != nil {
+		h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "err", err)
+		h.unregister(s)
+		s.cancel()
+		return
+	}
+	h.stats.accepted.Add(1)
+	s.serve(conn)
+}
+
+func isUpgrade(r *http.Request) bool {
+	for _, v := range r.Header.Values("Upgrade") {
+		for _, p := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(p), "websocket") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// register adds s to the indexes and waits until the backplane delivers the
+// user's channel and this node's inbox, so that a Send made once the client's
+// handshake completes reaches it.
+func (h *Hub) register(ctx context.Context, s *Session) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return ErrClosed
+	}
+	h.sessions[s.id] = s
+	var userReady *flush
+	if s.userID != "" {
+		set := h.users[s.userID]
+		if set == nil {
+			set = make(map[*Session]struct{})
+			h.users[s.userID] = set
+		}
+		set[s] = struct{}{}
+		userReady = h.interest.acquire(userPrefix + s.userID)
+	}
+	h.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(ctx, h.opts.SubscribeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(h.ctx, cancel) // a forced Close ends the wait
+	defer stop()
+	err := userReady.wait(ctx)
+	if err == nil {
+		err = h.interest.ready(h.inbox).wait(ctx)
+	}
+	if err != nil {
+		h.unregister(s)
+		return fmt.Errorf("wshub: subscribe: %w", err)
+	}
+	return nil
+}
+
+// unregister removes s from every index and releases its channels. It is
+// safe to call more than once.
+func (h *Hub) unregister(s *Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.sessions[s.id] != s {
+		return
+	}
+	delete(h.sessions, s.id)
+	if s.userID != "" {
+		set := h.users[s.userID]
+		delete(set, s)
+		if len(set) == 0 {
+			delete(h.users, s.userID)
+		}
+		h.interest.release(userPrefix + s.userID)
+	}
+	for topic := range s.topics {
+		h.leaveLocked(s, topic)
+	}
+}
+
+// joinLocked adds s to topic and returns the flush to wait for, if any.
+func (h *Hub) joinLocked(s *Session, topic string) *flush {
+	if _, ok := s.topics[topic]; ok {
+		return h.interest.ready(topicPrefix + topic)
+	}
+	if s.topics == nil {
+		s.topics = make(map[string]struct{})
+	}
+	s.topics[topic] = struct{}{}
+	set := h.topics[topic]
+	if set == nil {
+		set = make(map[*Session]struct{})
+		h.topics[topic] = set
+	}
+	set[s] = struct{}{}
+	return h.interest.acquire(topicPrefix + topic)
+}
+
+func (h *Hub) leaveLocked(s *Session, topic string) {
+	if _, ok := s.topics[topic]; !ok {
+		return
+	}
+	delete(s.topics, topic)
+	set := h.topics[topic]
+	delete(set, s)
+	if len(set) == 0 {
+		delete(h.topics, topic)
+	}
+	h.interest.release(topicPrefix + topic)
+}
+
+// newSessionID returns a cluster-unique ID that names this node.
+func (h *Hub) newSessionID() string {
+	return h.opts.NodeID + "." + strconv.FormatUint(h.seq.Add(1), 36) + randomSuffix()
+}
+
+// nodeOf returns the node ID inside a session ID.
+func nodeOf(sessionID string) (string, bool) {
+	i := strings.LastIndexByte(sessionID, '.')
+	if i <= 0 || i == len(sessionID)-1 {
+		return "", false
+	}
+	return sessionID[:i], true
+}
+
+func checkName(name string, sentinel error) error {
+	if name == "" {
+		return fmt.Errorf("%w: empty", sentinel)
+	}
+	if len(name) > MaxNameLength {
+		return fmt.Errorf("%w: %d bytes, limit %d", sentinel, len(name), MaxNameLength)
+	}
+	return nil
+}
+
+func flags(m Message) byte {
+	if m.Type == MessageBinary {
+		return envelope.FlagBinary
+	}
+	return 0
+}
+
+// publish encodes e once and hands it to the backplane.
+func (h *Hub) publish(ctx context.Context, channel string, e *envelope.Envelope) error {
+	if h.isClosed() {
+		return ErrClosed
+	}
+	if err := h.bp.Publish(ctx, channel, e.Encode()); err != nil {
+		return fmt.Errorf("wshub: publish to %q: %w", channel, err)
+	}
+	return nil
+}
+
+func (h *Hub) isClosed() bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.closed
+}
+
+// Send delivers msg to every session of userID, on every node. It returns
+// once the backplane accepted the message; delivery to the sockets is
+// asynchronous. A user with no session anywhere is not an error.
+func (h *Hub) Send(ctx context.Context, userID string, msg Message) error {
+	if err := checkName(userID, ErrInvalidUserID); err != nil {
+		return err
+	}
+	if err := h.checkMessage(msg); err != nil {
+		return err
+	}
+	return h.publish(ctx, userPrefix+userID, &envelope.Envelope{
+		Op: envelope.OpUser, Flags: flags(msg), Target: userID, Payload: msg.Data,
+	})
+}
+
+// BroadcastOption changes how Broadcast delivers.
+type BroadcastOption func(*envelope.Envelope)
+
+// Except leaves the session with the given ID out of a broadcast, for
+// example the session that sent the message being relayed.
+func Except(sessionID string) BroadcastOption {
+	return func(e *envelope.Envelope) { e.Arg = sessionID }
+}
+
+// Broadcast delivers msg to every session in topic, on every node. The
+// message is encoded once and its bytes are shared by every recipient.
+func (h *Hub) Broadcast(ctx context.Context, topic string, msg Message, opts ...BroadcastOption) error {
+	if err := checkName(topic, ErrInvalidTopic); err != nil {
+		return err
+	}
+	if err := h.checkMessage(msg); err != nil {
+		return err
+	}
+	e := envelope.Envelope{Op: envelope.OpTopic, Flags: flags(msg), Target: topic, Payload: msg.Data}
+	for _, o := range opts {
+		o(&e)
+	}
+	return h.publish(ctx, topicPrefix+topic, &e)
+}
+
+// SendSession delivers msg to exactly one session, on whichever node holds
+// it: the way to answer the session a request came from. A session that has
+// ended is not an error; the message is dropped.
+func (h *Hub) SendSession(ctx context.Context, sessionID string, msg Message) error {
+	node, ok := nodeOf(sessionID)
+	if !ok || len(sessionID) > 2*MaxNameLength {
+		return fmt.Errorf("%w: %q", ErrInvalidSessionID, sessionID)
+	}
+	if err := h.checkMessage(msg); err != nil {
+		return err
+	}
+	return h.publish(ctx, nodePrefix+node, &envelope.Envelope{
+		Op: envelope.OpSession, Flags: flags(msg), Target: sessionID, Payload: msg.Data,
+	})
+}
+
+// Join adds every session that userID has now, on every node, to topic. It
+// returns once the request is on the backplane; each node applies it when it
+// arrives. Sessions the user opens later are not joined: join those in
+// Options.OnConnect.
+func (h *Hub) Join(ctx context.Context, userID, topic string) error {
+	return h.control(ctx, envelope.OpJoin, userID, topic)
+}
+
+// Leave removes every session of userID, on every node, from topic. Like
+// Join, it is applied by each node when the request arrives.
+func (h *Hub) Leave(ctx context.Context, userID, topic string) error {
+	return h.control(ctx, envelope.OpLeave, userID, topic)
+}
+
+func (h *Hub) control(ctx context.Context, op envelope.Op, userID, topic string) error {
+	if err := checkName(userID, ErrInvalidUserID); err != nil {
+		return err
+	}
+	if err := checkName(topic, ErrInvalidTopic); err != nil {
+		return err
+	}
+	return h.publish(ctx, userPrefix+userID, &envelope.Envelope{Op: op, Target: userID, Arg: topic})
+}
+
+// Disconnect closes every session of userID, on every node, with the given
+// close status and reason, after each has sent what it had queued.
+func (h *Hub) Disconnect(ctx context.Context, userID string, code StatusCode, reason string) error {
+	if err := checkName(userID, ErrInvalidUserID); err != nil {
+		return err
+	}
+	if !validStatus(code, reason) {
+		return fmt.Errorf("%w: %d %q", ErrInvalidCloseStatus, code, reason)
+	}
+	return h.publish(ctx, userPrefix+userID, &envelope.Envelope{
+		Op: envelope.OpDisconnect, Target: userID, Arg: reason, Code: uint64(code),
+	})
+}
+
+// receive is the backplane handler: it decodes an envelope and hands it to
+// the local sessions it names. It never blocks on a socket.
+func (h *Hub) receive(channel string, payload []byte) {
+	e, err := envelope.Decode(payload)
+	if err != nil {
+		h.stats.malformed.Add(1)
+		h.log.Debug("wshub: dropped malformed backplane message", "channel", channel, "err", err)
+		return
+	}
+	msg := outMsg{typ: websocket.MessageText, data: e.Payload}
+	if e.Flags&envelope.FlagBinary != 0 {
+		msg.typ = websocket.MessageBinary
+	}
+	switch e.Op {
+	case envelope.OpUser:
+		h.mu.RLock()
+		h.fanOut(h.users[e.Target], msg, "")
+		h.mu.RUnlock()
+	case envelope.OpTopic:
+		h.mu.RLock()
+		h.fanOut(h.topics[e.Target], msg, e.Arg)
+		h.mu.RUnlock()
+	case envelope.OpSession:
+		h.mu.RLock()
+		s := h.sessions[e.Target]
+		h.mu.RUnlock()
+		if s != nil && s.enqueue(msg) {
+			h.stats.delivered.Add(1)
+		}
+	case envelope.OpJoin, envelope.OpLeave:
+		if checkName(e.Arg, ErrInvalidTopic) != nil {
+			h.stats.malformed.Add(1)
+			return
+		}
+		h.mu.Lock()
+		for s := range h.users[e.Target] {
+			if e.Op == envelope.OpJoin {
+				h.joinLocked(s, e.Arg)
+			} else {
+				h.leaveLocked(s, e.Arg)
+			}
+		}
+		h.mu.Unlock()
+	case envelope.OpFlush:
+		h.mu.Lock()
+		if ch, ok := h.flushes[e.Target]; ok {
+			close(ch)
+			delete(h.flushes, e.Target)
+		}
+		h.mu.Unlock()
+	case envelope.OpDisconnect:
+		code := StatusCode(e.Code)
+		if e.Code > 4999 || !validStatus(code, e.Arg) {
+			h.stats.malformed.Add(1)
+			return
+		}
+		h.mu.RLock()
+		list := make([]*Session, 0, len(h.users[e.Target]))
+		for s := range h.users[e.Target] {
+			list = append(list, s)
+		}
+		h.mu.RUnlock()
+		for _, s := range list {
+			_ = s.Close(code, e.Arg)
+		}
+	}
+}
+
+// fanOut queues msg to every session in set but the one with ID except.
+// The caller holds h.mu for reading.
+func (h *Hub) fanOut(set map[*Session]struct{}, msg outMsg, except string) {
+	var n uint64
+	for s := range set {
+		if s.id != except && s.enqueue(msg) {
+			n++
+		}
+	}
+	h.stats.delivered.Add(n)
+}
+
+// flushInbox publishes a marker to this node's own inbox and waits for it, or
+// for ctx or WriteTimeout, so that what this node published before Close and
+// the backplane still holds reaches local sessions before they close. It is
+// exact on backplanes that keep one order across a node's channels (memory,
+// Redis pub/sub) and best effort on others.
+func (h *Hub) flushInbox(ctx context.Context) {
+	token := strconv.FormatUint(h.seq.Add(1), 36)
+	arrived := make(chan struct{})
+	h.mu.Lock()
+	h.flushes[token] = arrived
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.flushes, token)
+		h.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
+	defer cancel()
+	if h.interest.ready(h.inbox).wait(ctx) != nil {
+		return
+	}
+	e := envelope.Envelope{Op: envelope.OpFlush, Target: token}
+	if err := h.bp.Publish(ctx, h.inbox, e.Encode()); err != nil {
+		h.log.Debug("wshub: flush before close failed", "err", err)
+		return
+	}
+	select {
+	case <-arrived:
+	case <-ctx.Done():
+	}
+}
+
+func (h *Hub) onBackplaneEvent(e backplane.Event) {
+	switch e.Kind {
+	case backplane.EventDown:
+		h.stats.backplaneDown.Add(1)
+		h.log.Warn("wshub: backplane down", "err", e.Err)
+	case backplane.EventRestored:
+		if e.Gap {
+			h.stats.backplaneGaps.Add(1)
+		}
+		h.log.Warn("wshub: backplane restored", "gap", e.Gap)
+	}
+	if h.opts.OnBackplaneEvent != nil {
+		h.opts.OnBackplaneEvent(e)
+	}
+}
+
+// Close shuts the hub down gracefully: it stops accepting upgrades (503),
+// lets every session send what it has queued, closes each with status 1001
+// (going away) and waits for every goroutine the hub started. When ctx ends
+// first, the remaining connections are closed at once and Close returns an
+// error wrapping ctx.Err() after the goroutines have ended. A backplane given
+// in Options is unsubscribed but not closed. Calling Close again returns the
+// first call's result.
+func (h *Hub) Close(ctx context.Context) error {
+	h.closeOnce.Do(func() { h.closeErr = h.shutdown(ctx) })
+	return h.closeErr
+}
+
+func (h *Hub) shutdown(ctx context.Context) error {
+	h.flushInbox(ctx)
+	h.mu.Lock()
+	h.closed = true
+	list := make([]*Session, 0, len(h.sessions))
+	for _, s := range h.sessions {
+		list = append(list, s)
+	}
+	h.mu.Unlock()
+	for _, s := range list {
+		_ = s.Close(StatusGoingAway, "server shutting down")
+	}
+
+	done := make(chan struct{})
+	go func() { h.conns.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("wshub: close: %w", ctx.Err())
+		h.cancel() // ends every session's reads and writes at once
+		<-done
+	}
+	h.cancel()
+	h.interest.close()
+
+	uctx, cancel := context.WithTimeout(context.Background(), h.opts.WriteTimeout)
+	defer cancel()
+	if h.ownBP {
+		err = errors.Join(err, h.bp.Close())
+	} else if chs := h.interest.subscribed(); len(chs) > 0 {
+		if uerr := h.bp.Unsubscribe(uctx, chs...); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("wshub: unsubscribe: %w", uerr))
+		}
+	}
+	return err
+}

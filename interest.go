@@ -1,0 +1,250 @@
+package wshub
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/wshub/wshub/backplane"
+)
+
+// interest keeps the backplane's subscriptions equal to what this node holds.
+// Callers count references per channel; one goroutine turns the changes into
+// batched Subscribe and Unsubscribe calls. Releasing never blocks; acquiring
+// returns a flush to wait on when the channel is not yet subscribed.
+type interest struct {
+	bp      backplane.Backplane
+	log     *slog.Logger
+	timeout time.Duration
+
+	mu    sync.Mutex
+	chans map[string]*chanState
+	dirty map[string]struct{}
+	next  *flush // waiters for the next batch
+	kick  chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+type chanState struct {
+	refs       int
+	subscribed bool // as of the last completed backplane call
+	dirty      bool // in interest.dirty, waiting for a batch
+	inflight   bool // in the batch being applied now
+}
+
+// flush is one batch; waiters block on done and then read err.
+type flush struct {
+	done chan struct{}
+	err  error
+}
+
+// retryDelay spaces out retries of a failed batch.
+const retryDelay = time.Second
+
+func newInterest(bp backplane.Backplane, log *slog.Logger, timeout time.Duration) *interest {
+	im := &interest{
+		bp:      bp,
+		log:     log,
+		timeout: timeout,
+		chans:   make(map[string]*chanState),
+		dirty:   make(map[string]struct{}),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go im.run()
+	return im
+}
+
+// acquire adds a reference to channel. It returns nil when the channel is
+// already subscribed, or the flush that will subscribe it.
+func (im *interest) acquire(channel string) *flush {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	st := im.chans[channel]
+	if st == nil {
+		st = &chanState{}
+		im.chans[channel] = st
+	}
+	st.refs++
+	return im.readyLocked(channel, st)
+}
+
+// ready returns nil when channel is subscribed, or the flush to wait for.
+func (im *interest) ready(channel string) *flush {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	st := im.chans[channel]
+	if st == nil {
+		st = &chanState{}
+		im.chans[channel] = st
+	}
+	return im.readyLocked(channel, st)
+}
+
+func (im *interest) readyLocked(channel string, st *chanState) *flush {
+	if st.subscribed && !st.dirty && !st.inflight {
+		return nil
+	}
+	im.markLocked(channel, st)
+	if im.next == nil {
+		im.next = &flush{done: make(chan struct{})}
+	}
+	return im.next
+}
+
+// release drops a reference to channel; the last one unsubscribes it.
+func (im *interest) release(channel string) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	st := im.chans[channel]
+	if st == nil || st.refs == 0 {
+		return
+	}
+	st.refs--
+	if st.refs == 0 {
+		im.markLocked(channel, st)
+	}
+}
+
+func (im *interest) markLocked(channel string, st *chanState) {
+	im.markQuietLocked(channel, st)
+	select {
+	case im.kick <- struct{}{}:
+	default:
+	}
+}
+
+// markQuietLocked queues channel for a later batch without waking the
+// goroutine: the retry timer picks it up.
+func (im *interest) markQuietLocked(channel string, st *chanState) {
+	if !st.dirty {
+		st.dirty = true
+		im.dirty[channel] = struct{}{}
+	}
+}
+
+// wait blocks until f is applied or ctx ends. A nil f is already done.
+func (f *flush) wait(ctx context.Context) error {
+	if f == nil {
+		return nil
+	}
+	select {
+	case <-f.done:
+		return f.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (im *interest) run() {
+	defer close(im.done)
+	retry := time.NewTimer(retryDelay)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-im.stop:
+			return
+		case <-im.kick:
+		case <-retry.C:
+		}
+		if im.apply() {
+			retry.Reset(retryDelay)
+		}
+	}
+}
+
+// apply sends one batch to the backplane and reports whether it failed.
+func (im *interest) apply() (failed bool) {
+	im.mu.Lock()
+	var subs, unsubs []string
+	for ch := range im.dirty {
+		st := im.chans[ch]
+		st.dirty = false
+		want := st.refs > 0
+		switch {
+		case want && !st.subscribed:
+			st.inflight = true
+			subs = append(subs, ch)
+		case !want && st.subscribed:
+			st.inflight = true
+			unsubs = append(unsubs, ch)
+		case !want:
+			delete(im.chans, ch)
+		}
+	}
+	clear(im.dirty)
+	f := im.next
+	im.next = nil
+	im.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), im.timeout)
+	var errU, errS error
+	if len(unsubs) > 0 {
+		errU = im.bp.Unsubscribe(ctx, unsubs...)
+	}
+	if len(subs) > 0 {
+		errS = im.bp.Subscribe(ctx, subs...)
+	}
+	cancel()
+	if errU != nil || errS != nil {
+		im.log.Warn("wshub: backplane subscription failed, will retry",
+			"subscribe", len(subs), "unsubscribe", len(unsubs), "subscribe_err", errS, "unsubscribe_err", errU)
+	}
+
+	im.mu.Lock()
+	settle := func(chs []string, err error, subscribed bool) {
+		for _, ch := range chs {
+			st := im.chans[ch]
+			st.inflight = false
+			if err == nil {
+				st.subscribed = subscribed
+			} else if (st.refs > 0) != st.subscribed {
+				im.markQuietLocked(ch, st)
+			}
+			if st.refs == 0 && !st.subscribed && !st.dirty {
+				delete(im.chans, ch)
+			}
+		}
+	}
+	settle(unsubs, errU, false)
+	settle(subs, errS, true)
+	im.mu.Unlock()
+
+	if f != nil {
+		f.err = errS
+		close(f.done)
+	}
+	return errU != nil || errS != nil
+}
+
+// subscribed returns the channels the backplane holds for this node.
+func (im *interest) subscribed() []string {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	var chs []string
+	for ch, st := range im.chans {
+		if st.subscribed || st.inflight {
+			chs = append(chs, ch)
+		}
+	}
+	return chs
+}
+
+// close stops the goroutine and waits for it; waiters of a pending batch get
+// ErrClosed.
+func (im *interest) close() {
+	close(im.stop)
+	<-im.done
+	im.mu.Lock()
+	f := im.next
+	im.next = nil
+	im.mu.Unlock()
+	if f != nil {
+		f.err = ErrClosed
+		close(f.done)
+	}
+}

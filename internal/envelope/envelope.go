@@ -1,0 +1,131 @@
+// Package envelope encodes and decodes the messages that wshub hubs exchange
+// over a backplane.
+//
+// Layout, version 1:
+//
+//	byte 0      version (1)
+//	byte 1      op
+//	byte 2      flags (bit 0: binary payload)
+//	uvarint n + n bytes   target (user ID, topic or session ID)
+//	uvarint n + n bytes   arg (excluded session ID, topic, or close reason)
+//	uvarint     code (close status code for OpDisconnect, else 0)
+//	rest        payload, byte for byte
+//
+// The payload is last so that a decoded envelope shares its bytes with the
+// encoded one: a broadcast is encoded once and every recipient gets a sub-slice
+// of the same buffer.
+package envelope
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Version is the envelope format version this package writes and reads.
+const Version = 1
+
+// Op is what an envelope asks the receiving hub to do.
+type Op byte
+
+// The operations.
+const (
+	OpUser       Op = iota + 1 // deliver Payload to every session of user Target
+	OpTopic                    // deliver Payload to every session in topic Target, except session Arg
+	OpSession                  // deliver Payload to session Target
+	OpJoin                     // join every session of user Target to topic Arg
+	OpLeave                    // remove every session of user Target from topic Arg
+	OpDisconnect               // close every session of user Target with Code and reason Arg
+	OpFlush                    // no-op marker a node sends itself; Target is a token
+	opMax
+)
+
+// FlagBinary marks a binary payload; without it the payload is text.
+const FlagBinary byte = 1
+
+// ErrMalformed is returned by Decode for bytes that are not a valid envelope.
+var ErrMalformed = errors.New("envelope: malformed")
+
+// Envelope is one decoded message.
+type Envelope struct {
+	Op      Op
+	Flags   byte
+	Target  string
+	Arg     string
+	Code    uint64
+	Payload []byte
+}
+
+// Size returns the number of bytes Encode will write for e.
+func (e *Envelope) Size() int {
+	return 3 + uvarintLen(uint64(len(e.Target))) + len(e.Target) +
+		uvarintLen(uint64(len(e.Arg))) + len(e.Arg) + uvarintLen(e.Code) + len(e.Payload)
+}
+
+// Encode returns e in wire form, in one allocation.
+func (e *Envelope) Encode() []byte {
+	b := make([]byte, 0, e.Size())
+	b = append(b, Version, byte(e.Op), e.Flags)
+	b = binary.AppendUvarint(b, uint64(len(e.Target)))
+	b = append(b, e.Target...)
+	b = binary.AppendUvarint(b, uint64(len(e.Arg)))
+	b = append(b, e.Arg...)
+	b = binary.AppendUvarint(b, e.Code)
+	return append(b, e.Payload...)
+}
+
+// Decode parses b. The returned Payload aliases b; Target and Arg are copies.
+func Decode(b []byte) (Envelope, error) {
+	var e Envelope
+	if len(b) < 3 {
+		return e, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
+	}
+	if b[0] != Version {
+		return e, fmt.Errorf("%w: version %d", ErrMalformed, b[0])
+	}
+	e.Op, e.Flags = Op(b[1]), b[2]
+	if e.Op == 0 || e.Op >= opMax {
+		return e, fmt.Errorf("%w: op %d", ErrMalformed, b[1])
+	}
+	if e.Flags&^FlagBinary != 0 {
+		return e, fmt.Errorf("%w: flags %#x", ErrMalformed, e.Flags)
+	}
+	rest := b[3:]
+	var err error
+	if e.Target, rest, err = readString(rest); err != nil {
+		return e, fmt.Errorf("%w: target: %w", ErrMalformed, err)
+	}
+	if e.Arg, rest, err = readString(rest); err != nil {
+		return e, fmt.Errorf("%w: arg: %w", ErrMalformed, err)
+	}
+	code, n := binary.Uvarint(rest)
+	if n <= 0 {
+		return e, fmt.Errorf("%w: code", ErrMalformed)
+	}
+	e.Code = code
+	e.Payload = rest[n:]
+	return e, nil
+}
+
+var errShort = errors.New("truncated")
+
+func readString(b []byte) (string, []byte, error) {
+	l, n := binary.Uvarint(b)
+	if n <= 0 {
+		return "", nil, errShort
+	}
+	b = b[n:]
+	if l > uint64(len(b)) {
+		return "", nil, errShort
+	}
+	return string(b[:l]), b[l:], nil
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}

@@ -1,0 +1,161 @@
+package wshub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/wshub/wshub/backplane"
+)
+
+// MaxNameLength is the longest user ID, topic or node ID the hub accepts, in
+// bytes.
+const MaxNameLength = 256
+
+// SlowPolicy says what a session does when its send queue is full.
+type SlowPolicy int
+
+// The slow-consumer policies.
+const (
+	// SlowClose closes the session with status 1013 (try again later). The
+	// client can reconnect and reload state; nothing is silently lost.
+	SlowClose SlowPolicy = iota
+	// SlowDropOldest drops the oldest queued messages to make room, and
+	// counts them in Stats.Dropped.
+	SlowDropOldest
+)
+
+// Options configures a Hub. The zero value of every field selects the default
+// given in its comment; New copies the struct, so later changes have no effect.
+type Options struct {
+	// Backplane connects this hub to the other nodes of the cluster. Nil
+	// means a private in-memory backplane: a single-node hub. A hub uses its
+	// backplane alone (one hub per backplane node). The hub never closes a
+	// backplane it was given.
+	Backplane backplane.Backplane
+
+	// NodeID names this node in the cluster; it must be unique within it and
+	// must not contain '.'. Default: 16 random characters.
+	NodeID string
+
+	// Authenticate maps an upgrade request to a user ID. A non-nil error
+	// answers 401 Unauthorized before any WebSocket exists. An empty user ID
+	// is an anonymous session: it can join topics and be addressed by session
+	// ID, but not by Send. Default: every session is anonymous.
+	Authenticate func(r *http.Request) (userID string, err error)
+
+	// AllowedOrigins lists host patterns (path.Match syntax, such as
+	// "*.example.com") whose cross-origin upgrades are accepted. Default:
+	// same-origin only; other origins get 403 Forbidden.
+	AllowedOrigins []string
+
+	// OnConnect is called once a session's WebSocket is open, before its
+	// first message is read. A non-nil error closes the session with status
+	// 1008 (policy violation) and the error's text as reason.
+	OnConnect func(ctx context.Context, s *Session) error
+
+	// OnMessage is called for each message the client sends, one at a time
+	// per session, in order; the next message is read after it returns. ctx
+	// is the session's context. m.Data is the caller's to keep.
+	OnMessage func(ctx context.Context, s *Session, m Message)
+
+	// OnDisconnect is called once when a session has ended and its
+	// goroutines are done. err says why (see CloseStatus).
+	OnDisconnect func(s *Session, err error)
+
+	// OnBackplaneEvent is called when a backplane that implements
+	// backplane.Notifier reports that the link to the bus went down or came
+	// back, and whether messages may have been lost. It must not block.
+	OnBackplaneEvent func(e backplane.Event)
+
+	// ReadLimit is the largest message a client may send, in bytes; a larger
+	// one closes the session with status 1009. Default: 64 KiB.
+	ReadLimit int64
+
+	// MaxMessageSize is the largest message the hub sends, in bytes; larger
+	// ones are refused with ErrMessageTooLarge. Default: 1 MiB.
+	MaxMessageSize int
+
+	// SendQueueLen bounds each session's queue of unsent messages. Default: 256.
+	SendQueueLen int
+
+	// SendQueueBytes bounds the bytes held in each session's queue; it must
+	// be at least MaxMessageSize. Default: 4 MiB.
+	SendQueueBytes int
+
+	// SlowPolicy applies when a session's queue is full. Default: SlowClose.
+	SlowPolicy SlowPolicy
+
+	// PingInterval is how often an idle-or-not session is pinged; a peer
+	// that does not answer within WriteTimeout is disconnected. Negative
+	// disables pings. Default: 30s.
+	PingInterval time.Duration
+
+	// WriteTimeout bounds each write of queued messages to a socket, and
+	// each ping; a client that cannot keep up within it is disconnected.
+	// Default: 10s.
+	WriteTimeout time.Duration
+
+	// SubscribeTimeout bounds how long an upgrade waits for the backplane to
+	// confirm this node's interest in the user's channel; past it the upgrade
+	// answers 503. Default: 10s.
+	SubscribeTimeout time.Duration
+
+	// Logger receives the hub's logs. Default: slog.Default(). Routine events
+	// are logged at Debug level.
+	Logger *slog.Logger
+}
+
+func (o *Options) withDefaults() (Options, error) {
+	var c Options
+	if o != nil {
+		c = *o
+		c.AllowedOrigins = append([]string(nil), o.AllowedOrigins...)
+	}
+	if c.NodeID == "" {
+		var b [10]byte
+		_, _ = rand.Read(b[:])
+		c.NodeID = strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))
+	}
+	if len(c.NodeID) > MaxNameLength || strings.Contains(c.NodeID, ".") {
+		return c, fmt.Errorf("%w: NodeID %q: at most %d bytes, no '.'", ErrInvalidOptions, c.NodeID, MaxNameLength)
+	}
+	setDefault(&c.ReadLimit, 64<<10)
+	setDefault(&c.MaxMessageSize, 1<<20)
+	setDefault(&c.SendQueueLen, 256)
+	setDefault(&c.SendQueueBytes, 4<<20)
+	setDefault(&c.PingInterval, 30*time.Second)
+	setDefault(&c.WriteTimeout, 10*time.Second)
+	setDefault(&c.SubscribeTimeout, 10*time.Second)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	switch {
+	case c.ReadLimit < 0:
+		return c, fmt.Errorf("%w: ReadLimit %d < 0", ErrInvalidOptions, c.ReadLimit)
+	case c.MaxMessageSize < 0:
+		return c, fmt.Errorf("%w: MaxMessageSize %d < 0", ErrInvalidOptions, c.MaxMessageSize)
+	case c.SendQueueLen < 0:
+		return c, fmt.Errorf("%w: SendQueueLen %d < 0", ErrInvalidOptions, c.SendQueueLen)
+	case c.SendQueueBytes < c.MaxMessageSize:
+		return c, fmt.Errorf("%w: SendQueueBytes %d < MaxMessageSize %d", ErrInvalidOptions, c.SendQueueBytes, c.MaxMessageSize)
+	case c.SlowPolicy != SlowClose && c.SlowPolicy != SlowDropOldest:
+		return c, fmt.Errorf("%w: SlowPolicy %d", ErrInvalidOptions, c.SlowPolicy)
+	case c.WriteTimeout < 0:
+		return c, fmt.Errorf("%w: WriteTimeout %v < 0", ErrInvalidOptions, c.WriteTimeout)
+	case c.SubscribeTimeout < 0:
+		return c, fmt.Errorf("%w: SubscribeTimeout %v < 0", ErrInvalidOptions, c.SubscribeTimeout)
+	}
+	return c, nil
+}
+
+func setDefault[T int | int64 | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
+	}
+}

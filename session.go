@@ -1,0 +1,353 @@
+package wshub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Session is one WebSocket connection held by this node.
+//
+// Its methods are safe for concurrent use. Send never blocks on the socket:
+// messages wait in a bounded queue drained by a writer goroutine that runs
+// only while there is something to write.
+type Session struct {
+	hub    *Hub
+	id     string
+	userID string
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// topics is guarded by hub.mu, like the hub's indexes.
+	topics map[string]struct{}
+
+	mu          sync.Mutex
+	idle        sync.Cond // signalled when the writer stops
+	conn        *websocket.Conn
+	queue       []outMsg
+	spare       []outMsg
+	queueBytes  int
+	writing     bool
+	closing     bool
+	closeCode   StatusCode
+	closeReason string
+	pingTimer   *time.Timer
+	wg          sync.WaitGroup // writer, closer and ping goroutines
+}
+
+type outMsg struct {
+	typ  websocket.MessageType
+	data []byte
+}
+
+func randomSuffix() string {
+	return "-" + strconv.FormatUint(rand.Uint64()>>16, 36)
+}
+
+func (h *Hub) newSession(r *http.Request, userID string) *Session {
+	s := &Session{hub: h, id: h.newSessionID(), userID: userID}
+	s.idle.L = &s.mu
+	// The session's context keeps the request's values (set by middleware,
+	// say) but lives as long as the session, within the hub's lifetime.
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(r.Context()))
+	return s
+}
+
+// ID returns the session's cluster-unique ID, usable with Hub.SendSession
+// from any node.
+func (s *Session) ID() string { return s.id }
+
+// UserID returns the user ID Options.Authenticate gave, or "" for an
+// anonymous session.
+func (s *Session) UserID() string { return s.userID }
+
+// Context returns the session's context. It carries the values of the
+// upgrade request's context and is canceled when the session ends.
+func (s *Session) Context() context.Context { return s.ctx }
+
+// Topics returns the topics the session is in, sorted.
+func (s *Session) Topics() []string {
+	s.hub.mu.RLock()
+	t := make([]string, 0, len(s.topics))
+	for k := range s.topics {
+		t = append(t, k)
+	}
+	s.hub.mu.RUnlock()
+	sort.Strings(t)
+	return t
+}
+
+// Join adds the session to topic on this node and returns once broadcasts to
+// topic from any node reach it (the backplane confirmed the subscription), or
+// when ctx ends. Joining a topic twice is not an error.
+func (s *Session) Join(ctx context.Context, topic string) error {
+	if err := checkName(topic, ErrInvalidTopic); err != nil {
+		return err
+	}
+	h := s.hub
+	h.mu.Lock()
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if closing || h.sessions[s.id] != s {
+		h.mu.Unlock()
+		return ErrSessionClosed
+	}
+	f := h.joinLocked(s, topic)
+	h.mu.Unlock()
+	if err := f.wait(ctx); err != nil {
+		h.mu.Lock()
+		h.leaveLocked(s, topic)
+		h.mu.Unlock()
+		return fmt.Errorf("wshub: join %q: %w", topic, err)
+	}
+	return nil
+}
+
+// Leave removes the session from topic. Leaving a topic the session is not
+// in is not an error. It does not block.
+func (s *Session) Leave(topic string) error {
+	if err := checkName(topic, ErrInvalidTopic); err != nil {
+		return err
+	}
+	s.hub.mu.Lock()
+	s.hub.leaveLocked(s, topic)
+	s.hub.mu.Unlock()
+	return nil
+}
+
+// Send queues msg for this session alone and returns without waiting for the
+// socket. When the queue is full, Options.SlowPolicy applies.
+func (s *Session) Send(msg Message) error {
+	if err := s.hub.checkMessage(msg); err != nil {
+		return err
+	}
+	if !s.enqueue(outMsg{typ: websocket.MessageType(msg.Type), data: msg.Data}) {
+		return ErrSessionClosed
+	}
+	s.hub.stats.delivered.Add(1)
+	return nil
+}
+
+// Close sends what the session has queued, then closes the WebSocket with
+// code and reason. It returns at once; the session ends in the background and
+// Options.OnDisconnect reports it. Closing a closed session is not an error.
+func (s *Session) Close(code StatusCode, reason string) error {
+	if !validStatus(code, reason) {
+		return fmt.Errorf("%w: %d %q", ErrInvalidCloseStatus, code, reason)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.startCloseLocked(code, reason)
+	return nil
+}
+
+// startCloseLocked marks the session closing; once the socket exists and the
+// writer is idle, a goroutine performs the close handshake.
+func (s *Session) startCloseLocked(code StatusCode, reason string) {
+	if s.closing {
+		return
+	}
+	s.closing = true
+	s.closeCode, s.closeReason = code, reason
+	if s.pingTimer != nil {
+		s.pingTimer.Stop()
+	}
+	if s.conn != nil {
+		s.wg.Add(1)
+		go s.closeGracefully()
+	}
+}
+
+func (s *Session) closeGracefully() {
+	defer s.wg.Done()
+	s.mu.Lock()
+	for s.writing {
+		s.idle.Wait()
+	}
+	code, reason := s.closeCode, s.closeReason
+	s.mu.Unlock()
+	_ = s.conn.Close(websocket.StatusCode(code), reason)
+}
+
+// enqueue adds m to the queue and starts the writer if it is idle. It
+// reports false when the session is closing or was closed as too slow.
+func (s *Session) enqueue(m outMsg) bool {
+	o := &s.hub.opts
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	if len(s.queue) >= o.SendQueueLen || s.queueBytes+len(m.data) > o.SendQueueBytes {
+		if o.SlowPolicy == SlowClose {
+			s.hub.stats.slowClosed.Add(1)
+			s.hub.log.Debug("wshub: closing slow session", "session", s.id, "queued", len(s.queue))
+			s.queue, s.queueBytes = nil, 0
+			s.startCloseLocked(StatusTryAgainLater, "send queue full")
+			return false
+		}
+		var dropped uint64
+		for len(s.queue) > 0 && (len(s.queue) >= o.SendQueueLen || s.queueBytes+len(m.data) > o.SendQueueBytes) {
+			s.queueBytes -= len(s.queue[0].data)
+			s.queue[0] = outMsg{}
+			s.queue = s.queue[1:]
+			dropped++
+		}
+		s.hub.stats.dropped.Add(dropped)
+		if o.SendQueueLen == 0 {
+			return false
+		}
+	}
+	s.queue = append(s.queue, m)
+	s.queueBytes += len(m.data)
+	if !s.writing && s.conn != nil {
+		s.writing = true
+		s.wg.Add(1)
+		go s.writeLoop()
+	}
+	return true
+}
+
+// writeLoop drains the queue in batches and ends when it is empty, so an
+// idle session holds no writer goroutine.
+func (s *Session) writeLoop() {
+	defer s.wg.Done()
+	var batch []outMsg
+	for {
+		s.mu.Lock()
+		if len(s.queue) == 0 {
+			s.writing = false
+			s.spare = batch[:0]
+			s.idle.Broadcast()
+			s.mu.Unlock()
+			return
+		}
+		batch, s.queue, s.spare = s.queue, s.spare, nil
+		s.queueBytes = 0
+		s.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
+		var err error
+		for i := range batch {
+			if err == nil {
+				err = s.conn.Write(ctx, batch[i].typ, batch[i].data)
+			}
+			batch[i] = outMsg{}
+		}
+		cancel()
+		if err != nil {
+			s.hub.log.Debug("wshub: write failed, closing session", "session", s.id, "err", err)
+			_ = s.conn.CloseNow()
+			s.mu.Lock()
+			s.closing = true
+			s.queue, s.queueBytes = nil, 0
+			s.writing = false
+			s.idle.Broadcast()
+			s.mu.Unlock()
+			return
+		}
+	}
+}
+
+// serve runs the session on conn until it ends; it owns every goroutine of
+// the session.
+func (s *Session) serve(conn *websocket.Conn) {
+	h := s.hub
+	conn.SetReadLimit(h.opts.ReadLimit)
+	s.mu.Lock()
+	s.conn = conn
+	if s.closing {
+		s.wg.Add(1)
+		go s.closeGracefully()
+	} else if len(s.queue) > 0 {
+		s.writing = true
+		s.wg.Add(1)
+		go s.writeLoop()
+	}
+	if h.opts.PingInterval > 0 && !s.closing {
+		s.pingTimer = time.AfterFunc(h.opts.PingInterval, s.ping)
+	}
+	s.mu.Unlock()
+	stop := context.AfterFunc(h.ctx, s.cancel)
+
+	err := s.connected()
+	for err == nil {
+		var typ websocket.MessageType
+		var data []byte
+		typ, data, err = conn.Read(s.ctx)
+		if err != nil {
+			break
+		}
+		h.stats.received.Add(1)
+		if h.opts.OnMessage != nil {
+			h.opts.OnMessage(s.ctx, s, Message{Type: MessageType(typ), Data: data})
+		}
+	}
+
+	h.unregister(s)
+	s.mu.Lock()
+	s.closing = true
+	if s.pingTimer != nil {
+		s.pingTimer.Stop()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	stop()
+	_ = conn.CloseNow()
+	if h.opts.OnDisconnect != nil {
+		h.opts.OnDisconnect(s, err)
+	}
+}
+
+func (s *Session) connected() (err error) {
+	if s.hub.opts.OnConnect == nil {
+		return nil
+	}
+	if err := s.hub.opts.OnConnect(s.ctx, s); err != nil {
+		reason := err.Error()
+		if len(reason) > 123 {
+			reason = reason[:123]
+		}
+		_ = s.Close(StatusPolicyViolation, reason)
+		// Keep reading so the close handshake completes.
+	}
+	return nil
+}
+
+// ping checks that the peer still answers; one that does not is closed.
+func (s *Session) ping() {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	ctx, cancel := context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
+	err := s.conn.Ping(ctx)
+	cancel()
+	if err != nil {
+		if !errors.Is(err, context.Canceled) {
+			s.hub.log.Debug("wshub: ping failed, closing session", "session", s.id, "err", err)
+		}
+		_ = s.conn.CloseNow()
+		return
+	}
+	s.mu.Lock()
+	if !s.closing {
+		s.pingTimer.Reset(s.hub.opts.PingInterval)
+	}
+	s.mu.Unlock()
+}
