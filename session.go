@@ -351,3 +351,6 @@ func (s *Session) ping() {
 	}
 	s.mu.Unlock()
 }
+
+// Hub returns the hub that holds the session.
+func (s *Session) Hub() *Hub { return s.hub }

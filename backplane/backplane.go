@@ -56,14 +56,16 @@ type Handler func(channel string, payload []byte)
 // once leaves it unsubscribed. All methods are safe for concurrent use.
 type Backplane interface {
 	// Start sets the handler that receives every message for this node and
-	// begins delivery. It must be called once, before Subscribe; a second call
-	// returns ErrStarted.
+	// begins delivery. It is called once, normally before Subscribe; a
+	// second call returns an error wrapping ErrStarted, and a nil handler is
+	// an error.
 	Start(h Handler) error
 
 	// Publish sends payload to every node subscribed to channel. The backplane
 	// may keep payload, so the caller must not modify it afterwards. Publish
 	// returns an error wrapping ErrUnavailable when the message cannot be
-	// handed to the bus, and ctx.Err() when ctx ends first.
+	// handed to the bus, and ctx.Err() when ctx is done before the message
+	// was handed to the bus.
 	Publish(ctx context.Context, channel string, payload []byte) error
 
 	// Subscribe adds channels to this node's interest. When it returns nil,
@@ -118,7 +120,8 @@ type Event struct {
 }
 
 // Notifier is implemented by backplanes that report changes of their link to
-// the bus. The hub calls Notify once, before Start; fn must not block.
+// the bus. The hub calls Notify once, before Start. fn must not block, and is
+// not called after Close returns.
 type Notifier interface {
 	Notify(fn func(Event))
 }

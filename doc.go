@@ -1,0 +1,73 @@
+// Package wshub is a cluster-aware WebSocket hub to embed in a Go HTTP server.
+//
+// A Hub is an http.Handler. Mount it on the server you already have; code on
+// any node then calls Send (every session of a user), Broadcast (every session
+// in a topic) or SendSession (one session), and the message reaches the right
+// sockets whichever node holds them:
+//
+//	hub, err := wshub.New(&wshub.Options{
+//		Authenticate: func(r *http.Request) (string, error) { return userFromCookie(r) },
+//		OnMessage: func(ctx context.Context, s *wshub.Session, m wshub.Message) {
+//			_ = s.Hub().Broadcast(ctx, "lobby", m, wshub.Except(s.ID()))
+//		},
+//	})
+//	mux.Handle("/ws", hub)
+//	err = hub.Send(ctx, "user-42", wshub.Text("hello"))
+//
+// Messages reach clients byte for byte, as text or binary WebSocket messages:
+// a browser's plain WebSocket is a complete client.
+//
+// # Scaling out
+//
+// Nodes share a backplane (package backplane). With none configured, a hub
+// runs alone on a private in-memory one. To run several nodes, give each hub
+// a node of a shared backplane, for example one opened from a URL:
+//
+//	bp, err := backplane.Open(ctx, cfg.BackplaneURL)
+//	hub, err := wshub.New(&wshub.Options{Backplane: bp})
+//
+// Routing is interest-based: each node subscribes to the backplane channels
+// of the users and topics it holds (u:<user>, t:<topic>) and to its own inbox
+// (n:<node>), so a message reaches only the nodes that have a recipient.
+// Cluster-wide Join, Leave and Disconnect travel the same way, as small
+// control messages on the user's channel.
+//
+// # Delivery
+//
+// Delivery is at most once. On the memory backplane nothing is lost while the
+// process lives; messages from one publisher to one user, topic or session
+// arrive in the order they were sent. A backplane that loses its link reports
+// it through Options.OnBackplaneEvent and Stats, never silently. The package
+// backplane/memory can cut a node off, delay or drop its traffic, so that an
+// application can test how it behaves.
+//
+// # Sessions and slow clients
+//
+// Each session has a bounded send queue (Options.SendQueueLen and
+// SendQueueBytes). Producers never wait for a socket: Send, Broadcast and the
+// backplane only append to queues, and a writer goroutine per session, which
+// exists only while there is something to write, drains it. When a queue is
+// full, Options.SlowPolicy closes the session with status 1013 or drops its
+// oldest messages, and counts it. A broadcast is encoded once and its bytes
+// are shared by every recipient.
+//
+// # Concurrency
+//
+// All methods of Hub and Session are safe for concurrent use. OnMessage is
+// called for one session at a time, in order. Hooks run on the session's own
+// goroutine; a slow hook slows only its session.
+//
+// # Errors
+//
+// Calls validate their input and return errors that wrap the sentinels of this
+// package (ErrInvalidUserID, ErrInvalidTopic, ErrInvalidMessage,
+// ErrMessageTooLarge, ErrClosed, ...), so callers branch with errors.Is.
+// Backplane errors such as backplane.ErrUnavailable stay reachable the same
+// way. No call panics on bad input.
+//
+// # Shutting down
+//
+// Hub.Close stops accepting upgrades, lets every session send what it has
+// queued, closes each with status 1001 (going away) and returns once every
+// goroutine the hub started has ended.
+package wshub
