@@ -499,3 +499,37 @@ func canceledCtx() context.Context {
 	cancel()
 	return ctx
 }
+
+func TestPeerThatStopsAnsweringPingsIsDisconnected(t *testing.T) {
+	gone := make(chan error, 1)
+	c := newCluster(t, 1, func(i int, o *Options) {
+		o.PingInterval = 20 * time.Millisecond
+		o.WriteTimeout = 200 * time.Millisecond
+		o.OnDisconnect = func(_ *Session, err error) { gone <- err }
+	})
+	// A client that never reads never answers a ping.
+	dialNoRead(t, c.nodes[0], "mute")
+	select {
+	case <-gone:
+	case <-time.After(waitFor):
+		t.Fatal("a peer that does not answer pings stayed connected")
+	}
+	assert.Zero(t, c.nodes[0].hub.Stats().Sessions)
+}
+
+func TestOnConnectErrorClosesWithPolicyViolation(t *testing.T) {
+	c := newCluster(t, 1, func(i int, o *Options) {
+		o.OnConnect = func(ctx context.Context, s *Session) error {
+			if s.UserID() == "banned" {
+				return errors.New("banned: " + strings.Repeat("ü", 100))
+			}
+			return nil
+		}
+	})
+	cl := dial(t, c.nodes[0], "banned")
+	assert.Equal(t, StatusPolicyViolation, cl.closed())
+	var ce websocket.CloseError
+	require.ErrorAs(t, cl.err, &ce)
+	assert.True(t, strings.HasPrefix(ce.Reason, "banned: "))
+	assert.LessOrEqual(t, len(ce.Reason), 123)
+}

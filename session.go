@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -315,8 +316,8 @@ func (s *Session) connected() (err error) {
 	}
 	if err := s.hub.opts.OnConnect(s.ctx, s); err != nil {
 		reason := err.Error()
-		if len(reason) > 123 {
-			reason = reason[:123]
+		for len(reason) > 123 || !utf8.ValidString(reason) {
+			reason = reason[:len(reason)-1] // cut to 123 bytes on a rune boundary
 		}
 		_ = s.Close(StatusPolicyViolation, reason)
 		// Keep reading so the close handshake completes.

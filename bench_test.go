@@ -1,0 +1,148 @@
+package wshub
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/coder/websocket"
+
+	"github.com/wshub/wshub/internal/envelope"
+)
+
+// benchHub returns a hub with n sessions in topic "t" that have no socket,
+// so that only the hub's own fan-out work is measured.
+func benchHub(b *testing.B, n int) (*Hub, []*Session) {
+	h, err := New(&Options{Logger: quiet, SendQueueLen: 1 << 20, SendQueueBytes: 1 << 30})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = h.Close(bg) })
+	r := httptest.NewRequest("GET", "/", nil)
+	sessions := make([]*Session, n)
+	for i := range sessions {
+		s := h.newSession(r, fmt.Sprint("user", i))
+		if err := h.register(bg, s); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Join(bg, "t"); err != nil {
+			b.Fatal(err)
+		}
+		sessions[i] = s
+	}
+	b.Cleanup(func() {
+		for _, s := range sessions {
+			h.unregister(s)
+		}
+	})
+	return h, sessions
+}
+
+func resetQueues(sessions []*Session) {
+	for _, s := range sessions {
+		s.mu.Lock()
+		clear(s.queue)
+		s.queue, s.queueBytes = s.queue[:0], 0
+		s.mu.Unlock()
+	}
+}
+
+// BenchmarkFanOut measures a broadcast received from the backplane and
+// queued to 1,000 local sessions: decode once, then one queue append per
+// recipient, with no allocation per recipient.
+func BenchmarkFanOut(b *testing.B) {
+	h, sessions := benchHub(b, 1000)
+	payload := (&envelope.Envelope{Op: envelope.OpTopic, Target: "t", Payload: make([]byte, 64)}).Encode()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%256 == 255 {
+			b.StopTimer()
+			resetQueues(sessions)
+			b.StartTimer()
+		}
+		h.receive("t:t", payload)
+	}
+	b.ReportMetric(float64(b.N*len(sessions))/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// BenchmarkSendLocalUser measures Send to a user on this node through the
+// memory backplane, up to the session's queue.
+func BenchmarkSendLocalUser(b *testing.B) {
+	h, sessions := benchHub(b, 1)
+	msg := Text(strings.Repeat("x", 64))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%4096 == 4095 {
+			b.StopTimer()
+			resetQueues(sessions)
+			b.StartTimer()
+		}
+		if err := h.Send(bg, "user0", msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkBroadcastSockets measures a broadcast to 100 real WebSocket
+// clients on loopback, from Broadcast to the last client's read.
+func BenchmarkBroadcastSockets(b *testing.B) {
+	const clients = 100
+	h, err := New(&Options{
+		Logger: quiet,
+		OnConnect: func(ctx context.Context, s *Session) error {
+			return s.Join(ctx, "t")
+		},
+		SendQueueLen: 1 << 16,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	defer h.Close(bg)
+	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	var wg sync.WaitGroup
+	for i := 0; i < clients; i++ {
+		conn, _, err := websocket.Dial(bg, url, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.CloseNow()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < b.N; j++ {
+				if _, _, err := conn.Read(bg); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	// OnConnect may still be joining the last clients.
+	for {
+		h.mu.RLock()
+		n := len(h.topics["t"])
+		h.mu.RUnlock()
+		if n == clients && h.interest.ready(topicPrefix+"t") == nil {
+			break
+		}
+		runtime.Gosched()
+	}
+	msg := Text(strings.Repeat("x", 64))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := h.Broadcast(bg, "t", msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N*clients)/b.Elapsed().Seconds(), "deliveries/s")
+}
