@@ -564,6 +564,10 @@ func (h *Hub) onBackplaneEvent(e backplane.Event) {
 // error wrapping ctx.Err() after the goroutines have ended. A backplane given
 // in Options is unsubscribed but not closed. Calling Close again returns the
 // first call's result.
+//
+// http.Server.Shutdown does not wait for hijacked connections such as
+// WebSockets: call Hub.Close first, then Shutdown, then close a backplane you
+// opened.
 func (h *Hub) Close(ctx context.Context) error {
 	h.closeOnce.Do(func() { h.closeErr = h.shutdown(ctx) })
 	return h.closeErr

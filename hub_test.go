@@ -533,3 +533,20 @@ func TestOnConnectErrorClosesWithPolicyViolation(t *testing.T) {
 	assert.True(t, strings.HasPrefix(ce.Reason, "banned: "))
 	assert.LessOrEqual(t, len(ce.Reason), 123)
 }
+
+func TestSessionTopicsAndInTopic(t *testing.T) {
+	var log sessionLog
+	c := newCluster(t, 1, func(i int, o *Options) { o.OnConnect = log.hook })
+	dial(t, c.nodes[0], "u")
+	s := log.get(t, "u", 0)
+	require.NoError(t, s.Join(bg, "b"))
+	require.NoError(t, s.Join(bg, "a"))
+	require.NoError(t, s.Join(bg, "a"), "joining twice is not an error")
+	assert.Equal(t, []string{"a", "b"}, s.Topics())
+	assert.True(t, s.InTopic("a"))
+	require.NoError(t, s.Leave("a"))
+	require.NoError(t, s.Leave("never"), "leaving a topic one is not in is not an error")
+	assert.False(t, s.InTopic("a"))
+	assert.Equal(t, []string{"b"}, s.Topics())
+	assert.Same(t, c.nodes[0].hub, s.Hub())
+}

@@ -56,7 +56,8 @@ type Options struct {
 
 	// OnConnect is called once a session's WebSocket is open, before its
 	// first message is read. A non-nil error closes the session with status
-	// 1008 (policy violation) and the error's text as reason.
+	// 1008 (policy violation) and the error's text as reason; to close with
+	// another status, call s.Close and return nil.
 	OnConnect func(ctx context.Context, s *Session) error
 
 	// OnMessage is called for each message the client sends, one at a time

@@ -86,6 +86,14 @@ func (s *Session) Topics() []string {
 	return t
 }
 
+// InTopic reports whether the session is in topic.
+func (s *Session) InTopic(topic string) bool {
+	s.hub.mu.RLock()
+	defer s.hub.mu.RUnlock()
+	_, ok := s.topics[topic]
+	return ok
+}
+
 // Join adds the session to topic on this node and returns once broadcasts to
 // topic from any node reach it (the backplane confirmed the subscription), or
 // when ctx ends. Joining a topic twice is not an error.

@@ -1,0 +1,296 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/backplane"
+)
+
+// Limits on what a client may send.
+const (
+	maxNameLen = 32   // bytes of a user name
+	maxRoomLen = 64   // bytes of a room name
+	maxTextLen = 2000 // bytes of a message's text
+	maxRooms   = 32   // rooms one session may be in
+	// readLimit is the largest WebSocket message a client may send; a
+	// larger one closes the session with status 1009. A text of maxTextLen
+	// bytes fits even when every byte is escaped in JSON.
+	readLimit = 16 << 10
+	// joinTimeout bounds the wait for the backplane to confirm a join.
+	joinTimeout = 10 * time.Second
+)
+
+// lobby is the room every session joins when it connects.
+const lobby = "lobby"
+
+//go:embed index.html
+var indexHTML []byte
+
+// errDelivery is what a client is told when the hub could not take a message,
+// typically because the backplane is unavailable; the log has the cause.
+var errDelivery = errors.New("the message could not be sent, try again")
+
+// inbound is a message from a client.
+type inbound struct {
+	Type string `json:"type"`
+	Room string `json:"room"`
+	To   string `json:"to"`
+	Text string `json:"text"`
+}
+
+// outbound is a message to a client; empty fields are left out.
+type outbound struct {
+	Type string `json:"type"`
+	User string `json:"user,omitempty"` // welcome
+	Node string `json:"node,omitempty"` // welcome
+	Room string `json:"room,omitempty"`
+	From string `json:"from,omitempty"`
+	To   string `json:"to,omitempty"`
+	Text string `json:"text,omitempty"`
+	At   string `json:"at,omitempty"`
+}
+
+// chat is the application: an http.Handler serving the page at / and the hub
+// at /ws. It starts no goroutine of its own; the hub does the work.
+type chat struct {
+	hub *wshub.Hub
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// newChat returns a chat on a new hub. bp may be nil for the hub's private
+// in-memory backplane, nodeID empty for a random one. The caller closes the
+// chat with Close, and then bp.
+func newChat(bp backplane.Backplane, nodeID string, log *slog.Logger) (*chat, error) {
+	c := &chat{log: log, mux: http.NewServeMux()}
+	hub, err := wshub.New(&wshub.Options{
+		Backplane:    bp,
+		NodeID:       nodeID,
+		Authenticate: authenticate,
+		OnConnect:    c.onConnect,
+		OnMessage:    c.onMessage,
+		OnDisconnect: c.onDisconnect,
+		ReadLimit:    readLimit,
+		Logger:       log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The callbacks above only run once the hub serves a request, which is
+	// after this assignment.
+	c.hub = hub
+	c.mux.HandleFunc("GET /{$}", serveIndex)
+	c.mux.Handle("/ws", hub)
+	return c, nil
+}
+
+func (c *chat) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.mux.ServeHTTP(w, r) }
+
+// Close closes the hub gracefully; see wshub.Hub.Close.
+func (c *chat) Close(ctx context.Context) error { return c.hub.Close(ctx) }
+
+func serveIndex(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	_, _ = w.Write(indexHTML)
+}
+
+// authenticate takes the user name from the "name" query parameter: 1 to 32
+// letters, digits, '-' or '_', after trimming spaces.
+//
+// This is a demo: anyone can claim any name. A real application
+// authenticates the upgrade request with its session cookie or a token, and
+// returns the user ID it belongs to.
+func authenticate(r *http.Request) (string, error) {
+	name := strings.TrimSpace(r.URL.Query().Get("name"))
+	if !validName(name) {
+		return "", fmt.Errorf("invalid name %q", name)
+	}
+	return name, nil
+}
+
+func validName(name string) bool {
+	if name == "" || len(name) > maxNameLen {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func checkRoom(room string) error {
+	switch {
+	case room == "":
+		return errors.New("missing room")
+	case len(room) > maxRoomLen:
+		return fmt.Errorf("room name longer than %d bytes", maxRoomLen)
+	case strings.TrimSpace(room) != room || strings.ContainsFunc(room, unicode.IsControl):
+		return errors.New("room name has surrounding spaces or control characters")
+	}
+	return nil
+}
+
+func checkText(text string) error {
+	switch {
+	case strings.TrimSpace(text) == "":
+		return errors.New("empty text")
+	case len(text) > maxTextLen:
+		return fmt.Errorf("text longer than %d bytes", maxTextLen)
+	}
+	return nil
+}
+
+// onConnect sends the welcome and joins the lobby.
+func (c *chat) onConnect(ctx context.Context, s *wshub.Session) error {
+	c.log.Info("user connected", "user", s.UserID(), "session", s.ID())
+	c.reply(s, outbound{Type: "welcome", User: s.UserID(), Node: c.hub.NodeID()})
+	if err := c.join(ctx, s, lobby); err != nil {
+		// Returning the error would close with 1008 (policy violation);
+		// this is a transient failure, so ask the client to come back.
+		_ = s.Close(wshub.StatusTryAgainLater, "could not join the lobby")
+	}
+	return nil
+}
+
+func (c *chat) onDisconnect(s *wshub.Session, err error) {
+	c.log.Info("user disconnected", "user", s.UserID(), "session", s.ID(), "status", int(wshub.CloseStatus(err)))
+}
+
+// onMessage handles one client message. Whatever is wrong with it is answered
+// with an error message; the session stays open.
+func (c *chat) onMessage(ctx context.Context, s *wshub.Session, m wshub.Message) {
+	var err error
+	var in inbound
+	switch {
+	case m.Type != wshub.MessageText:
+		err = errors.New("binary messages are not supported")
+	case json.Unmarshal(m.Data, &in) != nil:
+		err = errors.New("invalid JSON: expected an object such as {\"type\":\"say\",\"room\":\"lobby\",\"text\":\"hi\"}")
+	default:
+		switch in.Type {
+		case "join":
+			err = c.join(ctx, s, in.Room)
+		case "leave":
+			err = c.leave(s, in.Room)
+		case "say":
+			err = c.say(ctx, s, in.Room, in.Text)
+		case "dm":
+			err = c.dm(ctx, s, in.To, in.Text)
+		case "":
+			err = errors.New(`missing "type"`)
+		default:
+			err = fmt.Errorf("unknown type %.40q", in.Type)
+		}
+	}
+	if err != nil {
+		c.log.Debug("rejected client message", "user", s.UserID(), "err", err)
+		c.reply(s, outbound{Type: "error", Text: err.Error()})
+	}
+}
+
+func (c *chat) join(ctx context.Context, s *wshub.Session, room string) error {
+	if err := checkRoom(room); err != nil {
+		return err
+	}
+	topics := s.Topics()
+	if !slices.Contains(topics, room) && len(topics) >= maxRooms {
+		return fmt.Errorf("too many rooms, leave one first (limit %d)", maxRooms)
+	}
+	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	// Join returns once broadcasts to the room reach this session.
+	if err := s.Join(ctx, room); err != nil {
+		c.log.Warn("join failed", "user", s.UserID(), "room", room, "err", err)
+		return fmt.Errorf("could not join %q, try again", room)
+	}
+	c.reply(s, outbound{Type: "joined", Room: room})
+	return nil
+}
+
+func (c *chat) leave(s *wshub.Session, room string) error {
+	if err := checkRoom(room); err != nil {
+		return err
+	}
+	if !s.InTopic(room) {
+		return fmt.Errorf("you are not in room %q", room)
+	}
+	if err := s.Leave(room); err != nil {
+		return err
+	}
+	c.reply(s, outbound{Type: "left", Room: room})
+	return nil
+}
+
+// say broadcasts to the room. The sender is in the room, so it receives its
+// own message like everyone else: every member sees the same order.
+func (c *chat) say(ctx context.Context, s *wshub.Session, room, text string) error {
+	if err := checkRoom(room); err != nil {
+		return err
+	}
+	if err := checkText(text); err != nil {
+		return err
+	}
+	if !s.InTopic(room) {
+		return fmt.Errorf("you are not in room %q, join it first", room)
+	}
+	msg := encode(outbound{Type: "message", Room: room, From: s.UserID(), Text: text, At: now()})
+	if err := c.hub.Broadcast(ctx, room, msg); err != nil {
+		c.log.Warn("broadcast failed", "room", room, "err", err)
+		return errDelivery
+	}
+	return nil
+}
+
+// dm sends to every session of the recipient and of the sender, so that the
+// sender's other tabs show the conversation too. A recipient who is not
+// connected anywhere simply receives nothing.
+func (c *chat) dm(ctx context.Context, s *wshub.Session, to, text string) error {
+	if !validName(to) {
+		return errors.New(`"to" must be a user name: 1-32 letters, digits, '-' or '_'`)
+	}
+	if err := checkText(text); err != nil {
+		return err
+	}
+	from := s.UserID()
+	msg := encode(outbound{Type: "dm", From: from, To: to, Text: text, At: now()})
+	err := c.hub.Send(ctx, to, msg)
+	if err == nil && to != from {
+		err = c.hub.Send(ctx, from, msg)
+	}
+	if err != nil {
+		c.log.Warn("direct message failed", "from", from, "to", to, "err", err)
+		return errDelivery
+	}
+	return nil
+}
+
+// reply sends v to this session alone.
+func (c *chat) reply(s *wshub.Session, v outbound) {
+	if err := s.Send(encode(v)); err != nil {
+		c.log.Debug("reply not sent", "session", s.ID(), "err", err)
+	}
+}
+
+func encode(v outbound) wshub.Message {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // outbound holds only strings
+	}
+	return wshub.Text(string(b))
+}
+
+func now() string { return time.Now().UTC().Format(time.RFC3339) }

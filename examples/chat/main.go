@@ -1,0 +1,143 @@
+// Command chat is a multi-user chat served by a wshub hub: rooms are topics,
+// room messages are broadcasts and direct messages are sent to a user, on
+// whichever node the user's browser tabs are connected.
+//
+// Run one node on the in-memory backplane:
+//
+//	go run ./examples/chat
+//
+// then open http://127.0.0.1:8080 in two browser tabs and pick two names.
+//
+// Run a cluster of two nodes (once the Redis backend exists) and open one tab
+// on each; the users still talk to each other:
+//
+//	go run ./examples/chat -backplane redis://127.0.0.1:6379 -addr :8081
+//	go run ./examples/chat -backplane redis://127.0.0.1:6379 -addr :8082
+//
+// The flags are:
+//
+//	-addr ADDR      listen address (default 127.0.0.1:8080)
+//	-backplane URL  backplane to open with backplane.Open, such as memory://
+//	                (default: the hub's private in-memory backplane)
+//	-node ID        node ID, unique in the cluster (default: random)
+//
+// The page at / speaks JSON over the WebSocket at /ws?name=NAME. The client
+// sends
+//
+//	{"type":"join","room":"r"}
+//	{"type":"leave","room":"r"}
+//	{"type":"say","room":"r","text":"..."}
+//	{"type":"dm","to":"bob","text":"..."}
+//
+// and receives
+//
+//	{"type":"welcome","user":"alice","node":"n1"}
+//	{"type":"joined","room":"r"} and {"type":"left","room":"r"}
+//	{"type":"message","room":"r","from":"alice","text":"...","at":"RFC3339 time"}
+//	{"type":"dm","from":"alice","to":"bob","text":"...","at":"RFC3339 time"}
+//	{"type":"error","text":"..."}
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/wshub/wshub/backplane"
+	// Backends make their URL scheme known to backplane.Open when imported.
+	// Once the Redis backend exists, import it here to enable
+	// -backplane redis://...:
+	//
+	//	_ "github.com/wshub/wshub/backplane/redis"
+	_ "github.com/wshub/wshub/backplane/memory"
+)
+
+// shutdownTimeout bounds a graceful shutdown: closing the sessions, then the
+// HTTP server.
+const shutdownTimeout = 10 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal, a second one kills the process at once.
+	context.AfterFunc(ctx, stop)
+	err := run(ctx, os.Args[1:], os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chat:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args, serves the chat until ctx is done, then shuts it down:
+// the hub first (its sessions get a 1001 close), then the HTTP server, then
+// the backplane if run opened one. Logs and usage go to stdout.
+func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
+	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	addr := fs.String("addr", "127.0.0.1:8080", "listen `address`")
+	bpURL := fs.String("backplane", "", "backplane `URL`, such as memory:// (default: the hub's private in-memory backplane)")
+	nodeID := fs.String("node", "", "node `ID`, unique in the cluster (default: random)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	log := slog.New(slog.NewTextHandler(stdout, nil))
+
+	// The hub never closes a backplane it was given: whoever opens one
+	// closes it, after the hub.
+	var bp backplane.Backplane
+	if *bpURL != "" {
+		if bp, err = backplane.Open(ctx, *bpURL); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, bp.Close()) }()
+	}
+
+	c, err := newChat(bp, *nodeID, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return errors.Join(err, c.Close(ctx))
+	}
+	srv := &http.Server{
+		Handler:           c,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("chat listening", "addr", ln.Addr().String(), "node", c.hub.NodeID(), "backplane", *bpURL)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-served: // the listener failed
+	}
+	log.Info("chat shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	// The hub goes first: srv.Shutdown does not wait for hijacked
+	// connections, so WebSockets would otherwise be cut without a close.
+	err = errors.Join(serveErr, c.Close(sctx), srv.Shutdown(sctx))
+	if serveErr == nil {
+		<-served // http.ErrServerClosed
+	}
+	log.Info("chat stopped")
+	return err
+}
