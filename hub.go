@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -167,23 +170,75 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = websocket.Accept(w, r, nil)
 		return
 	}
+	if err := h.checkOrigin(r); err != nil {
+		h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "err", err)
+		http.Error(w, err.Error(), http.StatusForbidden)
+		return
+	}
 
 	s := h.newSession(r, userID)
 	if err := h.register(r.Context(), s); err != nil {
-		status := http.StatusServiceUnavailable
 		h.log.Warn("wshub: cannot register session", "err", err)
-		http.Error(w, "wshub: "+http.StatusText(status), status)
+		http.Error(w, "wshub: backplane unavailable", http.StatusServiceUnavailable)
 		return
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: h.opts.AllowedOrigins})
+	// OnConnect runs before the handshake completes, so that what it sets
+	// up (topics joined, messages queued) is in place once the client sees
+	// the connection open.
+	if h.opts.OnConnect != nil {
+		if err := h.opts.OnConnect(s.ctx, s); err != nil {
+			_ = s.Close(StatusPolicyViolation, closeReason(err.Error()))
+		}
+	}
+	cw := &corkingWriter{ResponseWriter: w}
+	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{OriginPatterns: h.opts.AllowedOrigins})
 	if err != nil {
-		h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "err", err)
+		h.log.Debug("wshub: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		h.unregister(s)
 		s.cancel()
+		if h.opts.OnConnect != nil && h.opts.OnDisconnect != nil {
+			h.opts.OnDisconnect(s, err)
+		}
 		return
 	}
 	h.stats.accepted.Add(1)
-	s.serve(conn)
+	s.serve(conn, cw.conn)
+}
+
+// checkOrigin refuses a cross-origin upgrade unless Options.AllowedOrigins
+// allows it, with the rules the websocket library applies during Accept; it
+// runs first so that a refused request costs no subscription and no hook.
+func (h *Hub) checkOrigin(r *http.Request) error {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return nil // not a browser
+	}
+	u, err := url.Parse(origin)
+	if err != nil {
+		return fmt.Errorf("wshub: bad Origin header %q", origin)
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return nil
+	}
+	for _, pattern := range h.opts.AllowedOrigins {
+		target := u.Host
+		if strings.Contains(pattern, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("wshub: origin %q is not allowed", origin)
+}
+
+// closeReason cuts s to the 123 bytes a close frame can carry, on a rune
+// boundary.
+func closeReason(s string) string {
+	for len(s) > 123 || !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
 }
 
 func isUpgrade(r *http.Request) bool {

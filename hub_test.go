@@ -191,12 +191,15 @@ func TestDisconnectFromAnyNodeClosesAllSessions(t *testing.T) {
 }
 
 func TestSendSessionAcrossNodes(t *testing.T) {
-	var log sessionLog
-	c := newCluster(t, 3, func(i int, o *Options) { o.OnConnect = log.hook })
+	// Each client learns its session ID from its first message.
+	c := newCluster(t, 3, func(i int, o *Options) {
+		o.OnConnect = func(_ context.Context, s *Session) error { return s.Send(Text(s.ID())) }
+	})
 	a1 := dial(t, c.nodes[0], "alice")
 	a2 := dial(t, c.nodes[0], "alice")
-	second := log.get(t, "alice", 1)
-	require.NoError(t, c.nodes[2].hub.SendSession(bg, second.ID(), Text("only you")))
+	a1.nextText()
+	second := a2.nextText()
+	require.NoError(t, c.nodes[2].hub.SendSession(bg, second, Text("only you")))
 	require.NoError(t, c.nodes[2].hub.Send(bg, "alice", Text("both")))
 	assert.Equal(t, "both", a1.nextText())
 	assert.Equal(t, "only you", a2.nextText())
@@ -481,6 +484,7 @@ func TestOptionsValidation(t *testing.T) {
 		{"queue bytes below message size", Options{SendQueueBytes: 10, MaxMessageSize: 20}},
 		{"unknown policy", Options{SlowPolicy: 7}},
 		{"negative write timeout", Options{WriteTimeout: -time.Second}},
+		{"bad origin pattern", Options{AllowedOrigins: []string{"["}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -549,4 +553,22 @@ func TestSessionTopicsAndInTopic(t *testing.T) {
 	assert.False(t, s.InTopic("a"))
 	assert.Equal(t, []string{"b"}, s.Topics())
 	assert.Same(t, c.nodes[0].hub, s.Hub())
+}
+
+func TestWhatOnConnectSetsUpIsInPlaceWhenTheClientIsConnected(t *testing.T) {
+	c := newCluster(t, 2, func(i int, o *Options) {
+		o.OnConnect = func(ctx context.Context, s *Session) error {
+			if err := s.Send(Text("welcome")); err != nil {
+				return err
+			}
+			return s.Join(ctx, "room")
+		}
+	})
+	for i := 0; i < 20; i++ {
+		cl := dial(t, c.nodes[0], fmt.Sprint("u", i))
+		// No waiting: the join happened before the handshake completed.
+		require.NoError(t, c.nodes[1].hub.Broadcast(bg, "room", Text(fmt.Sprint("b", i))))
+		assert.Equal(t, "welcome", cl.nextText())
+		assert.Equal(t, fmt.Sprint("b", i), cl.nextText())
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 
@@ -54,10 +55,13 @@ type Options struct {
 	// same-origin only; other origins get 403 Forbidden.
 	AllowedOrigins []string
 
-	// OnConnect is called once a session's WebSocket is open, before its
-	// first message is read. A non-nil error closes the session with status
-	// 1008 (policy violation) and the error's text as reason; to close with
-	// another status, call s.Close and return nil.
+	// OnConnect is called for each new session just before the WebSocket
+	// handshake completes, so that what it sets up (topics joined with
+	// s.Join, messages queued with s.Send) is in place when the client sees
+	// the connection open. A non-nil error closes the session, once open,
+	// with status 1008 (policy violation) and the error's text as reason; to
+	// close with another status, call s.Close and return nil. Every session
+	// OnConnect saw is later reported to OnDisconnect.
 	OnConnect func(ctx context.Context, s *Session) error
 
 	// OnMessage is called for each message the client sends, one at a time
@@ -122,6 +126,11 @@ func (o *Options) withDefaults() (Options, error) {
 		var b [10]byte
 		_, _ = rand.Read(b[:])
 		c.NodeID = strings.ToLower(base32.StdEncoding.EncodeToString(b[:]))
+	}
+	for _, p := range c.AllowedOrigins {
+		if _, err := path.Match(p, ""); err != nil {
+			return c, fmt.Errorf("%w: AllowedOrigins pattern %q: %w", ErrInvalidOptions, p, err)
+		}
 	}
 	if len(c.NodeID) > MaxNameLength || strings.Contains(c.NodeID, ".") {
 		return c, fmt.Errorf("%w: NodeID %q: at most %d bytes, no '.'", ErrInvalidOptions, c.NodeID, MaxNameLength)

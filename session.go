@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -33,6 +32,7 @@ type Session struct {
 	mu          sync.Mutex
 	idle        sync.Cond // signalled when the writer stops
 	conn        *websocket.Conn
+	cork        *corkConn // the socket under conn; nil if the server did not hijack through us
 	queue       []outMsg
 	spare       []outMsg
 	queueBytes  int
@@ -244,15 +244,7 @@ func (s *Session) writeLoop() {
 		s.queueBytes = 0
 		s.mu.Unlock()
 
-		ctx, cancel := context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
-		var err error
-		for i := range batch {
-			if err == nil {
-				err = s.conn.Write(ctx, batch[i].typ, batch[i].data)
-			}
-			batch[i] = outMsg{}
-		}
-		cancel()
+		err := s.writeBatch(batch)
 		if err != nil {
 			s.hub.log.Debug("wshub: write failed, closing session", "session", s.id, "err", err)
 			_ = s.conn.CloseNow()
@@ -267,13 +259,43 @@ func (s *Session) writeLoop() {
 	}
 }
 
+// writeBatch writes batch with the socket corked: one system call at the end
+// (more for a batch over corkLimit), all of it bounded by WriteTimeout. The
+// messages are written with a context that never ends, which spares the
+// websocket library a timer per message; the socket's write deadline bounds
+// them instead.
+func (s *Session) writeBatch(batch []outMsg) error {
+	var err error
+	if s.cork != nil {
+		err = s.cork.cork(time.Now().Add(s.hub.opts.WriteTimeout))
+	}
+	ctx := context.Background()
+	if s.cork == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
+		defer cancel()
+	}
+	for i := range batch {
+		if err == nil {
+			err = s.conn.Write(ctx, batch[i].typ, batch[i].data)
+		}
+		batch[i] = outMsg{}
+	}
+	if s.cork != nil {
+		if uerr := s.cork.uncork(); err == nil {
+			err = uerr
+		}
+	}
+	return err
+}
+
 // serve runs the session on conn until it ends; it owns every goroutine of
 // the session.
-func (s *Session) serve(conn *websocket.Conn) {
+func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 	h := s.hub
 	conn.SetReadLimit(h.opts.ReadLimit)
 	s.mu.Lock()
-	s.conn = conn
+	s.conn, s.cork = conn, cork
 	if s.closing {
 		s.wg.Add(1)
 		go s.closeGracefully()
@@ -288,8 +310,8 @@ func (s *Session) serve(conn *websocket.Conn) {
 	s.mu.Unlock()
 	stop := context.AfterFunc(h.ctx, s.cancel)
 
-	err := s.connected()
-	for err == nil {
+	var err error
+	for {
 		var typ websocket.MessageType
 		var data []byte
 		typ, data, err = conn.Read(s.ctx)
@@ -316,21 +338,6 @@ func (s *Session) serve(conn *websocket.Conn) {
 	if h.opts.OnDisconnect != nil {
 		h.opts.OnDisconnect(s, err)
 	}
-}
-
-func (s *Session) connected() (err error) {
-	if s.hub.opts.OnConnect == nil {
-		return nil
-	}
-	if err := s.hub.opts.OnConnect(s.ctx, s); err != nil {
-		reason := err.Error()
-		for len(reason) > 123 || !utf8.ValidString(reason) {
-			reason = reason[:len(reason)-1] // cut to 123 bytes on a rune boundary
-		}
-		_ = s.Close(StatusPolicyViolation, reason)
-		// Keep reading so the close handshake completes.
-	}
-	return nil
 }
 
 // ping checks that the peer still answers; one that does not is closed.
