@@ -69,6 +69,26 @@ func (c *corkConn) uncork() error {
 	return err
 }
 
+// closeFlushWait bounds the last write Close makes of what is still
+// corked, typically the close frame the library wrote in answer to the
+// peer's; it only matters for a peer that stopped reading.
+const closeFlushWait = 100 * time.Millisecond
+
+// Close writes what is still buffered, best effort, then closes the socket.
+// When a write is blocked on the socket (the peer stopped reading), it closes
+// at once, which ends that write.
+func (c *corkConn) Close() error {
+	if c.mu.TryLock() {
+		if len(c.buf) > 0 {
+			_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlushWait))
+			_ = c.flushLocked()
+		}
+		c.corked = false
+		c.mu.Unlock()
+	}
+	return c.Conn.Close()
+}
+
 func (c *corkConn) flushLocked() error {
 	if len(c.buf) == 0 {
 		return nil
@@ -85,13 +105,10 @@ type corkingWriter struct {
 	conn *corkConn
 }
 
-// Hijack implements http.Hijacker.
+// Hijack implements http.Hijacker, finding the server's Hijacker through
+// middleware that wraps the ResponseWriter and exposes it with Unwrap.
 func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	hj, ok := w.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("wshub: http.ResponseWriter does not implement http.Hijacker")
-	}
-	nc, brw, err := hj.Hijack()
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -102,3 +119,26 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // Unwrap returns the wrapped ResponseWriter, for http.ResponseController.
 func (w *corkingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// WriteHeaderNow sends a header whose WriteHeader a framework's writer (such
+// as gin's) only recorded; the websocket library calls it before hijacking.
+func (w *corkingWriter) WriteHeaderNow() {
+	if g, ok := w.ResponseWriter.(interface{ WriteHeaderNow() }); ok {
+		g.WriteHeaderNow()
+	}
+}
+
+// canHijack reports whether w, or a writer it wraps and exposes with Unwrap,
+// can hand over its connection.
+func canHijack(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case http.Hijacker:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return false
+		}
+	}
+}

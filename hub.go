@@ -176,6 +176,12 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if !canHijack(w) {
+		h.log.Error("wshub: the http.ResponseWriter cannot hijack the connection (HTTP/2, or middleware hiding http.Hijacker)")
+		http.Error(w, http.StatusText(http.StatusNotImplemented), http.StatusNotImplemented)
+		return
+	}
+
 	s := h.newSession(r, userID)
 	if err := h.register(r.Context(), s); err != nil {
 		h.log.Warn("wshub: cannot register session", "err", err)
@@ -186,16 +192,22 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// up (topics joined, messages queued) is in place once the client sees
 	// the connection open.
 	if h.opts.OnConnect != nil {
-		if err := h.opts.OnConnect(s.ctx, s); err != nil {
+		if ok, err := s.onConnect(); !ok {
+			s.abandon()
+			if h.opts.OnDisconnect != nil {
+				h.opts.OnDisconnect(s, errHookPanicked)
+			}
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		} else if err != nil {
 			_ = s.Close(StatusPolicyViolation, closeReason(err.Error()))
 		}
 	}
 	cw := &corkingWriter{ResponseWriter: w}
 	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{OriginPatterns: h.opts.AllowedOrigins})
 	if err != nil {
-		h.log.Debug("wshub: upgrade failed", "remote", r.RemoteAddr, "err", err)
-		h.unregister(s)
-		s.cancel()
+		h.log.Warn("wshub: upgrade failed", "remote", r.RemoteAddr, "err", err)
+		s.abandon()
 		if h.opts.OnConnect != nil && h.opts.OnDisconnect != nil {
 			h.opts.OnDisconnect(s, err)
 		}
@@ -629,9 +641,11 @@ func (h *Hub) Close(ctx context.Context) error {
 }
 
 func (h *Hub) shutdown(ctx context.Context) error {
-	h.flushInbox(ctx)
 	h.mu.Lock()
 	h.closed = true
+	h.mu.Unlock()
+	h.flushInbox(ctx)
+	h.mu.Lock()
 	list := make([]*Session, 0, len(h.sessions))
 	for _, s := range h.sessions {
 		list = append(list, s)

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -42,6 +44,10 @@ type Session struct {
 	closeReason string
 	pingTimer   *time.Timer
 	wg          sync.WaitGroup // writer, closer and ping goroutines
+
+	stopHubLink func() bool  // unlinks ctx from the hub's lifetime
+	inHook      atomic.Bool  // OnMessage is running: nobody reads pongs
+	reads       atomic.Int64 // messages read, as proof of life for pings
 }
 
 type outMsg struct {
@@ -59,6 +65,7 @@ func (h *Hub) newSession(r *http.Request, userID string) *Session {
 	// The session's context keeps the request's values (set by middleware,
 	// say) but lives as long as the session, within the hub's lifetime.
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(r.Context()))
+	s.stopHubLink = context.AfterFunc(h.ctx, s.cancel)
 	return s
 }
 
@@ -110,12 +117,15 @@ func (s *Session) Join(ctx context.Context, topic string) error {
 		h.mu.Unlock()
 		return ErrSessionClosed
 	}
+	_, already := s.topics[topic]
 	f := h.joinLocked(s, topic)
 	h.mu.Unlock()
 	if err := f.wait(ctx); err != nil {
-		h.mu.Lock()
-		h.leaveLocked(s, topic)
-		h.mu.Unlock()
+		if !already {
+			h.mu.Lock()
+			h.leaveLocked(s, topic)
+			h.mu.Unlock()
+		}
 		return fmt.Errorf("wshub: join %q: %w", topic, err)
 	}
 	return nil
@@ -296,34 +306,67 @@ func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 	conn.SetReadLimit(h.opts.ReadLimit)
 	s.mu.Lock()
 	s.conn, s.cork = conn, cork
-	if s.closing {
-		s.wg.Add(1)
-		go s.closeGracefully()
-	} else if len(s.queue) > 0 {
+	// What was queued before the handshake (by OnConnect, say) goes first,
+	// even when the session is already closing.
+	if len(s.queue) > 0 {
 		s.writing = true
 		s.wg.Add(1)
 		go s.writeLoop()
 	}
-	if h.opts.PingInterval > 0 && !s.closing {
+	if s.closing {
+		s.wg.Add(1)
+		go s.closeGracefully()
+	} else if h.opts.PingInterval > 0 {
 		s.pingTimer = time.AfterFunc(h.opts.PingInterval, s.ping)
 	}
 	s.mu.Unlock()
-	stop := context.AfterFunc(h.ctx, s.cancel)
 
 	var err error
+	defer func() { s.end(err) }()
 	for {
 		var typ websocket.MessageType
 		var data []byte
 		typ, data, err = conn.Read(s.ctx)
 		if err != nil {
-			break
+			return
 		}
+		s.reads.Add(1)
 		h.stats.received.Add(1)
-		if h.opts.OnMessage != nil {
-			h.opts.OnMessage(s.ctx, s, Message{Type: MessageType(typ), Data: data})
+		if h.opts.OnMessage != nil && !s.onMessage(Message{Type: MessageType(typ), Data: data}) {
+			err = errHookPanicked
 		}
 	}
+}
 
+// errHookPanicked is what OnDisconnect sees for a session ended by a panic
+// in one of the application's hooks.
+var errHookPanicked = errors.New("wshub: hook panicked")
+
+// onMessage calls Options.OnMessage and reports false if it panicked; the
+// panic is logged and the session closed with status 1011.
+func (s *Session) onMessage(m Message) (ok bool) {
+	s.inHook.Store(true)
+	defer s.inHook.Store(false)
+	defer s.recoverHook("OnMessage", &ok)
+	s.hub.opts.OnMessage(s.ctx, s, m)
+	return true
+}
+
+// recoverHook turns a panic in an application hook into a logged error and
+// a 1011 close of the session, so that one bad message cannot leave a
+// session half alive or take the server down.
+func (s *Session) recoverHook(hook string, ok *bool) {
+	if v := recover(); v != nil {
+		*ok = false
+		s.hub.log.Error("wshub: panic in "+hook, "session", s.id, "panic", v, "stack", string(debug.Stack()))
+		_ = s.Close(StatusInternalError, "internal error")
+	}
+}
+
+// end releases everything the session holds once its read loop is over. It
+// runs deferred, so it also runs if the websocket library panics.
+func (s *Session) end(err error) {
+	h := s.hub
 	h.unregister(s)
 	s.mu.Lock()
 	s.closing = true
@@ -333,11 +376,22 @@ func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
-	stop()
-	_ = conn.CloseNow()
+	s.stopHubLink()
+	_ = s.conn.CloseNow()
 	if h.opts.OnDisconnect != nil {
 		h.opts.OnDisconnect(s, err)
 	}
+}
+
+// abandon ends a session whose upgrade failed after OnConnect saw it.
+func (s *Session) abandon() {
+	s.hub.unregister(s)
+	s.mu.Lock()
+	s.closing = true
+	s.queue, s.queueBytes = nil, 0
+	s.mu.Unlock()
+	s.cancel()
+	s.stopHubLink()
 }
 
 // ping checks that the peer still answers; one that does not is closed.
@@ -351,9 +405,15 @@ func (s *Session) ping() {
 	s.mu.Unlock()
 	defer s.wg.Done()
 
+	reads := s.reads.Load()
 	ctx, cancel := context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
 	err := s.conn.Ping(ctx)
 	cancel()
+	// A pong is read only by the read loop. While OnMessage runs, nothing
+	// reads; a message read meanwhile proves the peer alive anyway.
+	if err != nil && s.ctx.Err() == nil && (s.inHook.Load() || s.reads.Load() != reads) {
+		err = nil
+	}
 	if err != nil {
 		if !errors.Is(err, context.Canceled) {
 			s.hub.log.Debug("wshub: ping failed, closing session", "session", s.id, "err", err)
@@ -370,3 +430,9 @@ func (s *Session) ping() {
 
 // Hub returns the hub that holds the session.
 func (s *Session) Hub() *Hub { return s.hub }
+
+// onConnect calls Options.OnConnect; ok is false if it panicked.
+func (s *Session) onConnect() (ok bool, err error) {
+	defer s.recoverHook("OnConnect", &ok)
+	return true, s.hub.opts.OnConnect(s.ctx, s)
+}
