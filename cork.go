@@ -22,9 +22,10 @@ const corkLimit = 64 << 10
 type corkConn struct {
 	net.Conn
 
-	mu     sync.Mutex
-	corked bool
-	buf    []byte
+	mu      sync.Mutex
+	corked  bool
+	buf     []byte
+	timeout time.Duration // while corked, each real write must progress within it
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {
@@ -38,20 +39,24 @@ func (c *corkConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 		if len(p) > corkLimit {
-			return c.Conn.Write(p)
+			n, err := c.Conn.Write(p)
+			if err == nil {
+				err = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+			}
+			return n, err
 		}
 	}
 	c.buf = append(c.buf, p...)
 	return len(p), nil
 }
 
-// cork starts buffering writes; every real write until uncork must finish
-// before deadline.
-func (c *corkConn) cork(deadline time.Time) error {
+// cork starts buffering writes; until uncork, each real write must finish
+// within timeout of the previous one.
+func (c *corkConn) cork(timeout time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = true
-	return c.Conn.SetWriteDeadline(deadline)
+	c.corked, c.timeout = true, timeout
+	return c.Conn.SetWriteDeadline(time.Now().Add(timeout))
 }
 
 // uncork writes what was buffered and stops buffering.
@@ -95,6 +100,10 @@ func (c *corkConn) flushLocked() error {
 	}
 	_, err := c.Conn.Write(c.buf)
 	c.buf = c.buf[:0]
+	if err == nil && c.corked {
+		// Progress: the next write of this batch gets a full timeout.
+		err = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	}
 	return err
 }
 

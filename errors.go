@@ -2,6 +2,7 @@ package wshub
 
 import (
 	"errors"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -31,10 +32,13 @@ var (
 	// Options.MaxMessageSize.
 	ErrMessageTooLarge = errors.New("wshub: message too large")
 	// ErrInvalidCloseStatus is returned for a close status code a server may
-	// not send, or a reason longer than 123 bytes.
+	// not send, or a reason longer than 123 bytes or not valid UTF-8.
 	ErrInvalidCloseStatus = errors.New("wshub: invalid close status")
 	// ErrInvalidOptions is returned by New for a bad configuration.
 	ErrInvalidOptions = errors.New("wshub: invalid options")
+	// ErrHookPanic is the error Options.OnDisconnect receives for a session
+	// ended because OnConnect or OnMessage panicked.
+	ErrHookPanic = errors.New("wshub: hook panicked")
 )
 
 // StatusCode is a WebSocket close status code (RFC 6455, section 7.4).
@@ -53,7 +57,7 @@ const (
 
 // validStatus reports whether a server may send code with reason.
 func validStatus(code StatusCode, reason string) bool {
-	if len(reason) > 123 {
+	if len(reason) > 123 || !utf8.ValidString(reason) {
 		return false
 	}
 	switch {

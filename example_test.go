@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -22,7 +23,8 @@ func userParam(r *http.Request) (string, error) {
 // Two nodes on one in-memory bus: a message sent on node B reaches a user
 // whose socket is on node A.
 func Example() {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	bus := memory.NewBus()
 	bpA, _ := bus.NewNode("a")
 	bpB, _ := bus.NewNode("b")
@@ -55,7 +57,8 @@ func Example() {
 // Sessions join topics (rooms); a message one member sends is relayed to the
 // others on every node.
 func ExampleHub_Broadcast() {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	hub, _ := wshub.New(&wshub.Options{
 		Authenticate: userParam,
 		OnConnect: func(ctx context.Context, s *wshub.Session) error {
@@ -85,7 +88,8 @@ func ExampleHub_Broadcast() {
 // SendSession answers exactly the session a request came from, whichever
 // node holds it.
 func ExampleHub_SendSession() {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	var hub *wshub.Hub
 	hub, _ = wshub.New(&wshub.Options{
 		OnMessage: func(ctx context.Context, s *wshub.Session, m wshub.Message) {

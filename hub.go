@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -184,6 +185,8 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	s := h.newSession(r, userID)
 	if err := h.register(r.Context(), s); err != nil {
+		s.cancel()
+		s.stopHubLink()
 		h.log.Warn("wshub: cannot register session", "err", err)
 		http.Error(w, "wshub: backplane unavailable", http.StatusServiceUnavailable)
 		return
@@ -195,7 +198,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ok, err := s.onConnect(); !ok {
 			s.abandon()
 			if h.opts.OnDisconnect != nil {
-				h.opts.OnDisconnect(s, errHookPanicked)
+				h.opts.OnDisconnect(s, ErrHookPanic)
 			}
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
@@ -253,7 +256,12 @@ func closeReason(s string) string {
 	return s
 }
 
+// isUpgrade reports whether r is a WebSocket handshake the websocket library
+// will take; others are left to it to refuse, before any work is done.
 func isUpgrade(r *http.Request) bool {
+	if r.Header.Get("Sec-WebSocket-Key") == "" || r.Header.Get("Sec-WebSocket-Version") != "13" {
+		return false
+	}
 	for _, v := range r.Header.Values("Upgrade") {
 		for _, p := range strings.Split(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(p), "websocket") {
@@ -418,12 +426,16 @@ func (h *Hub) Send(ctx context.Context, userID string, msg Message) error {
 }
 
 // BroadcastOption changes how Broadcast delivers.
-type BroadcastOption func(*envelope.Envelope)
+type BroadcastOption func(*broadcastOptions)
+
+type broadcastOptions struct {
+	except string
+}
 
 // Except leaves the session with the given ID out of a broadcast, for
 // example the session that sent the message being relayed.
 func Except(sessionID string) BroadcastOption {
-	return func(e *envelope.Envelope) { e.Arg = sessionID }
+	return func(o *broadcastOptions) { o.except = sessionID }
 }
 
 // Broadcast delivers msg to every session in topic, on every node. The
@@ -435,11 +447,13 @@ func (h *Hub) Broadcast(ctx context.Context, topic string, msg Message, opts ...
 	if err := h.checkMessage(msg); err != nil {
 		return err
 	}
-	e := envelope.Envelope{Op: envelope.OpTopic, Flags: flags(msg), Target: topic, Payload: msg.Data}
+	var bo broadcastOptions
 	for _, o := range opts {
-		o(&e)
+		o(&bo)
 	}
-	return h.publish(ctx, topicPrefix+topic, &e)
+	return h.publish(ctx, topicPrefix+topic, &envelope.Envelope{
+		Op: envelope.OpTopic, Flags: flags(msg), Target: topic, Arg: bo.except, Payload: msg.Data,
+	})
 }
 
 // SendSession delivers msg to exactly one session, on whichever node holds
@@ -609,6 +623,11 @@ func (h *Hub) flushInbox(ctx context.Context) {
 }
 
 func (h *Hub) onBackplaneEvent(e backplane.Event) {
+	defer func() {
+		if v := recover(); v != nil {
+			h.log.Error("wshub: panic in OnBackplaneEvent", "panic", v, "stack", string(debug.Stack()))
+		}
+	}()
 	switch e.Kind {
 	case backplane.EventDown:
 		h.stats.backplaneDown.Add(1)
@@ -634,7 +653,9 @@ func (h *Hub) onBackplaneEvent(e backplane.Event) {
 //
 // http.Server.Shutdown does not wait for hijacked connections such as
 // WebSockets: call Hub.Close first, then Shutdown, then close a backplane you
-// opened.
+// opened. Close waits for every session, so it must not be called from a
+// hook (OnConnect, OnMessage, OnDisconnect): from there, call it in a new
+// goroutine.
 func (h *Hub) Close(ctx context.Context) error {
 	h.closeOnce.Do(func() { h.closeErr = h.shutdown(ctx) })
 	return h.closeErr
@@ -668,11 +689,13 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	h.cancel()
 	h.interest.close()
 
-	uctx, cancel := context.WithTimeout(context.Background(), h.opts.WriteTimeout)
-	defer cancel()
 	if h.ownBP {
-		err = errors.Join(err, h.bp.Close())
-	} else if chs := h.interest.subscribed(); len(chs) > 0 {
+		return errors.Join(err, h.bp.Close())
+	}
+	// Leave the given backplane as it was found, within the caller's time.
+	if chs := h.interest.subscribed(); len(chs) > 0 && ctx.Err() == nil {
+		uctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
+		defer cancel()
 		if uerr := h.bp.Unsubscribe(uctx, chs...); uerr != nil {
 			err = errors.Join(err, fmt.Errorf("wshub: unsubscribe: %w", uerr))
 		}

@@ -25,6 +25,11 @@ type interest struct {
 	kick  chan struct{}
 	stop  chan struct{}
 	done  chan struct{}
+
+	// ctx bounds every backplane call; close cancels it so that a hung
+	// backplane cannot hold up a forced Hub.Close.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 type chanState struct {
@@ -54,6 +59,7 @@ func newInterest(bp backplane.Backplane, log *slog.Logger, timeout time.Duration
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	im.ctx, im.cancel = context.WithCancel(context.Background())
 	go im.run()
 	return im
 }
@@ -181,7 +187,7 @@ func (im *interest) apply() (failed bool) {
 	im.next = nil
 	im.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), im.timeout)
+	ctx, cancel := context.WithTimeout(im.ctx, im.timeout)
 	var errU, errS error
 	if len(unsubs) > 0 {
 		errU = im.bp.Unsubscribe(ctx, unsubs...)
@@ -238,6 +244,7 @@ func (im *interest) subscribed() []string {
 // ErrClosed.
 func (im *interest) close() {
 	close(im.stop)
+	im.cancel()
 	<-im.done
 	im.mu.Lock()
 	f := im.next

@@ -90,7 +90,8 @@ type Options struct {
 	SendQueueLen int
 
 	// SendQueueBytes bounds the bytes held in each session's queue; it must
-	// be at least MaxMessageSize. Default: 4 MiB.
+	// be at least MaxMessageSize. Default: 4 MiB, or MaxMessageSize if that
+	// is larger.
 	SendQueueBytes int
 
 	// SlowPolicy applies when a session's queue is full. Default: SlowClose.
@@ -101,9 +102,9 @@ type Options struct {
 	// disables pings. Default: 30s.
 	PingInterval time.Duration
 
-	// WriteTimeout bounds each write of queued messages to a socket, and
-	// each ping; a client that cannot keep up within it is disconnected.
-	// Default: 10s.
+	// WriteTimeout is how long a write to a socket may make no progress,
+	// and how long a ping may wait for its pong; a client that stalls for
+	// longer is disconnected. Default: 10s.
 	WriteTimeout time.Duration
 
 	// SubscribeTimeout bounds how long an upgrade waits for the backplane to
@@ -138,7 +139,7 @@ func (o *Options) withDefaults() (Options, error) {
 	setDefault(&c.ReadLimit, 64<<10)
 	setDefault(&c.MaxMessageSize, 1<<20)
 	setDefault(&c.SendQueueLen, 256)
-	setDefault(&c.SendQueueBytes, 4<<20)
+	setDefault(&c.SendQueueBytes, max(4<<20, c.MaxMessageSize))
 	setDefault(&c.PingInterval, 30*time.Second)
 	setDefault(&c.WriteTimeout, 10*time.Second)
 	setDefault(&c.SubscribeTimeout, 10*time.Second)

@@ -277,7 +277,7 @@ func (s *Session) writeLoop() {
 func (s *Session) writeBatch(batch []outMsg) error {
 	var err error
 	if s.cork != nil {
-		err = s.cork.cork(time.Now().Add(s.hub.opts.WriteTimeout))
+		err = s.cork.cork(s.hub.opts.WriteTimeout)
 	}
 	ctx := context.Background()
 	if s.cork == nil {
@@ -321,26 +321,26 @@ func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 	}
 	s.mu.Unlock()
 
-	var err error
-	defer func() { s.end(err) }()
+	// cause is why the session ends: the read error, unless a hook
+	// panicked first; then reading goes on only to finish the close
+	// handshake, and nothing more is dispatched.
+	var cause error
+	defer func() { s.end(cause) }()
 	for {
-		var typ websocket.MessageType
-		var data []byte
-		typ, data, err = conn.Read(s.ctx)
+		typ, data, err := conn.Read(s.ctx)
 		if err != nil {
+			if cause == nil {
+				cause = err
+			}
 			return
 		}
 		s.reads.Add(1)
 		h.stats.received.Add(1)
-		if h.opts.OnMessage != nil && !s.onMessage(Message{Type: MessageType(typ), Data: data}) {
-			err = errHookPanicked
+		if h.opts.OnMessage != nil && cause == nil && !s.onMessage(Message{Type: MessageType(typ), Data: data}) {
+			cause = ErrHookPanic
 		}
 	}
 }
-
-// errHookPanicked is what OnDisconnect sees for a session ended by a panic
-// in one of the application's hooks.
-var errHookPanicked = errors.New("wshub: hook panicked")
 
 // onMessage calls Options.OnMessage and reports false if it panicked; the
 // panic is logged and the session closed with status 1011.
@@ -405,13 +405,14 @@ func (s *Session) ping() {
 	s.mu.Unlock()
 	defer s.wg.Done()
 
-	reads := s.reads.Load()
+	reads, busy := s.reads.Load(), s.inHook.Load()
 	ctx, cancel := context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
 	err := s.conn.Ping(ctx)
 	cancel()
 	// A pong is read only by the read loop. While OnMessage runs, nothing
-	// reads; a message read meanwhile proves the peer alive anyway.
-	if err != nil && s.ctx.Err() == nil && (s.inHook.Load() || s.reads.Load() != reads) {
+	// reads, so a ping that overlapped it proves nothing; a message read
+	// meanwhile proves the peer alive anyway.
+	if err != nil && s.ctx.Err() == nil && (busy || s.inHook.Load() || s.reads.Load() != reads) {
 		err = nil
 	}
 	if err != nil {
