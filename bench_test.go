@@ -106,7 +106,7 @@ func BenchmarkBroadcastSockets(b *testing.B) {
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	defer h.Close(bg)
-	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	url := wsURL(srv)
 	var wg sync.WaitGroup
 	for i := 0; i < clients; i++ {
 		conn, _, err := websocket.Dial(bg, url, nil)

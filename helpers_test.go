@@ -102,7 +102,7 @@ func dialNoRead(t *testing.T, n *node, user string) *client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	u := "ws" + strings.TrimPrefix(n.srv.URL, "http") + "/ws?user=" + user
+	u := wsURL(n.srv) + "/ws?user=" + user
 	conn, _, err := websocket.Dial(ctx, u, nil)
 	require.NoError(t, err)
 	conn.SetReadLimit(-1)
@@ -245,4 +245,9 @@ func (l *sessionLog) hook(_ context.Context, s *Session) error {
 func newServer(t *testing.T, h *Hub) *httptest.Server {
 	t.Helper()
 	return httptest.NewServer(h)
+}
+
+// wsURL is the WebSocket URL of srv.
+func wsURL(srv *httptest.Server) string {
+	return "ws" + strings.TrimPrefix(srv.URL, "http")
 }

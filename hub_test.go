@@ -284,7 +284,7 @@ func TestSlowClientDoesNotDelayOthers(t *testing.T) {
 
 func TestUpgradeRefusals(t *testing.T) {
 	c := newCluster(t, 1, func(i int, o *Options) { o.AllowedOrigins = []string{"trusted.example"} })
-	url := "ws" + strings.TrimPrefix(c.nodes[0].srv.URL, "http")
+	url := wsURL(c.nodes[0].srv)
 	tests := []struct {
 		name   string
 		user   string
@@ -396,7 +396,7 @@ func TestCloseIsGracefulAndLeavesNothingBehind(t *testing.T) {
 	assert.Zero(t, bpHub.Stats().Sessions)
 
 	// Closed: no upgrades, every call refused, Close again is fine.
-	_, resp, err := websocket.Dial(bg, "ws"+strings.TrimPrefix(srv.URL, "http")+"?user=a", nil)
+	_, resp, err := websocket.Dial(bg, wsURL(srv)+"?user=a", nil)
 	require.Error(t, err)
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	assert.ErrorIs(t, bpHub.Send(bg, "a", Text("x")), ErrClosed)

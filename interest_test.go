@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 
@@ -176,13 +175,13 @@ func TestUpgradeAnswers503WhenTheBackplaneCannotSubscribe(t *testing.T) {
 	defer srv.Close()
 	bp.setFail(backplane.ErrUnavailable)
 
-	_, resp, err := websocket.Dial(bg, "ws"+strings.TrimPrefix(srv.URL, "http")+"?user=u", nil)
+	_, resp, err := websocket.Dial(bg, wsURL(srv)+"?user=u", nil)
 	require.Error(t, err)
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	assert.Zero(t, h.Stats().Sessions, "nothing was kept of the refused session")
 
 	bp.setFail(nil)
-	conn, _, err := websocket.Dial(bg, "ws"+strings.TrimPrefix(srv.URL, "http")+"?user=u", nil)
+	conn, _, err := websocket.Dial(bg, wsURL(srv)+"?user=u", nil)
 	require.NoError(t, err, "upgrades work again once the backplane does")
 	_ = conn.Close(websocket.StatusNormalClosure, "")
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -69,7 +68,7 @@ func TestForcedCloseCancelsOnConnect(t *testing.T) {
 		defer close(dialed)
 		ctx, cancel := context.WithTimeout(bg, waitFor)
 		defer cancel()
-		if conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil); err == nil {
+		if conn, _, err := websocket.Dial(ctx, wsURL(srv), nil); err == nil {
 			_ = conn.CloseNow()
 		}
 	}()
@@ -98,25 +97,6 @@ func TestForcedCloseCancelsOnConnect(t *testing.T) {
 type unwrapOnly struct{ http.ResponseWriter }
 
 func (w unwrapOnly) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// Middleware that wraps the ResponseWriter and exposes it only through Unwrap
-// (as http.ResponseController expects) does not stop upgrades.
-func TestUpgradeBehindMiddlewareThatUnwraps(t *testing.T) {
-	h, err := New(&Options{Logger: quiet})
-	require.NoError(t, err)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(unwrapOnly{w}, r)
-	}))
-	t.Cleanup(srv.Close)
-	t.Cleanup(func() { require.NoError(t, h.Close(bg)) })
-
-	ctx, cancel := context.WithTimeout(bg, waitFor)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-	require.NoError(t, err, "websocket.Accept alone upgrades through this middleware")
-	defer conn.CloseNow()
-	assert.Equal(t, 1, h.Stats().Sessions)
-}
 
 // ginStyle behaves like gin's ResponseWriter: WriteHeader only records the
 // status, WriteHeaderNow sends it, Hijack does not send it.
@@ -149,24 +129,6 @@ func (w *ginStyle) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return w.ResponseWriter.(http.Hijacker).Hijack()
 }
 
-// Under a gin-style writer, whose WriteHeader only records the status, the
-// 101 is still sent: the hub forwards WriteHeaderNow.
-func TestUpgradeUnderGin(t *testing.T) {
-	h, err := New(&Options{Logger: quiet})
-	require.NoError(t, err)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(&ginStyle{ResponseWriter: w, status: http.StatusOK}, r)
-	}))
-	t.Cleanup(srv.Close)
-	t.Cleanup(func() { require.NoError(t, h.Close(bg)) })
-
-	ctx, cancel := context.WithTimeout(bg, waitFor)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-	require.NoError(t, err, "websocket.Accept alone upgrades through gin's writer")
-	_ = conn.Close(websocket.StatusNormalClosure, "")
-}
-
 // failingHijack claims to hijack but fails, so the upgrade fails after the
 // hub has run OnConnect.
 type failingHijack struct{ http.ResponseWriter }
@@ -179,22 +141,48 @@ func (failingHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // without Unwrap).
 type noHijack struct{ http.ResponseWriter }
 
-// A ResponseWriter that cannot hand over its connection gets 501 before any
-// work, never a 101 on a connection nobody serves.
-func TestUpgradeWithoutHijackerIsRefused(t *testing.T) {
-	h, err := New(&Options{Logger: quiet})
-	require.NoError(t, err)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(noHijack{w}, r)
-	}))
-	t.Cleanup(srv.Close)
-	t.Cleanup(func() { require.NoError(t, h.Close(bg)) })
+// Upgrades work through the ResponseWriters real HTTP stacks hand to a
+// handler: middleware that exposes the writer only through Unwrap (as
+// http.ResponseController expects), gin's writer whose WriteHeader only
+// records the status until WriteHeaderNow; a writer that cannot hand over its
+// connection at all gets 501 before any work, never a 101 on a connection
+// nobody serves.
+func TestUpgradeThroughWrappedWriters(t *testing.T) {
+	tests := []struct {
+		name string
+		wrap func(http.ResponseWriter) http.ResponseWriter
+		want int
+	}{
+		{"unwrap only", func(w http.ResponseWriter) http.ResponseWriter { return unwrapOnly{w} }, http.StatusSwitchingProtocols},
+		{"gin style", func(w http.ResponseWriter) http.ResponseWriter {
+			return &ginStyle{ResponseWriter: w, status: http.StatusOK}
+		}, http.StatusSwitchingProtocols},
+		{"no hijacker", func(w http.ResponseWriter) http.ResponseWriter { return noHijack{w} }, http.StatusNotImplemented},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, err := New(&Options{Logger: quiet})
+			require.NoError(t, err)
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				h.ServeHTTP(tt.wrap(w), r)
+			}))
+			t.Cleanup(srv.Close)
+			t.Cleanup(func() { require.NoError(t, h.Close(bg)) })
 
-	ctx, cancel := context.WithTimeout(bg, waitFor)
-	defer cancel()
-	_, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-	require.Error(t, err, "the client was told the upgrade succeeded")
-	assert.Equal(t, http.StatusNotImplemented, resp.StatusCode)
+			ctx, cancel := context.WithTimeout(bg, waitFor)
+			defer cancel()
+			conn, resp, err := websocket.Dial(ctx, wsURL(srv), nil)
+			require.NotNil(t, resp)
+			assert.Equal(t, tt.want, resp.StatusCode)
+			if tt.want != http.StatusSwitchingProtocols {
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, 1, h.Stats().Sessions)
+			_ = conn.Close(websocket.StatusNormalClosure, "")
+		})
+	}
 }
 
 // When the upgrade fails after OnConnect saw the session, OnDisconnect is told
@@ -216,7 +204,7 @@ func TestSendAfterFailedUpgradeReportsSessionClosed(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(bg, waitFor)
 	defer cancel()
-	if conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil); err == nil {
+	if conn, _, err := websocket.Dial(ctx, wsURL(srv), nil); err == nil {
 		_ = conn.CloseNow()
 	}
 	select {
@@ -469,7 +457,7 @@ func TestRefusedUpgradeLeavesNothingOnTheHub(t *testing.T) {
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	ctx, cancel := context.WithTimeout(bg, waitFor)
 	defer cancel()
-	_, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"?user=u", &websocket.DialOptions{HTTPClient: client})
+	_, resp, err := websocket.Dial(ctx, wsURL(srv)+"?user=u", &websocket.DialOptions{HTTPClient: client})
 	require.Error(t, err)
 	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	srv.CloseClientConnections()
@@ -525,7 +513,7 @@ func TestForcedCloseDoesNotWaitForAHungBackplane(t *testing.T) {
 		defer close(dialed)
 		ctx, cancel := context.WithTimeout(bg, waitFor)
 		defer cancel()
-		if conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"?user=u", nil); err == nil {
+		if conn, _, err := websocket.Dial(ctx, wsURL(srv)+"?user=u", nil); err == nil {
 			_ = conn.CloseNow()
 		}
 	}()
