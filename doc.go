@@ -21,7 +21,8 @@
 //
 // Nodes share a backplane (package backplane). With none configured, a hub
 // runs alone on a private in-memory one. To run several nodes, give each hub
-// a node of a shared backplane, for example one opened from a URL:
+// a node of a shared backplane: in one process, nodes of one memory.Bus; across
+// processes, a networked backend opened from a URL:
 //
 //	bp, err := backplane.Open(ctx, cfg.BackplaneURL)
 //	hub, err := wshub.New(&wshub.Options{Backplane: bp})
@@ -54,8 +55,11 @@
 // # Concurrency
 //
 // All methods of Hub and Session are safe for concurrent use. OnMessage is
-// called for one session at a time, in order. Hooks run on the session's own
-// goroutine; a slow hook slows only its session.
+// called one message at a time per session, in order; sessions are handled
+// concurrently. Hooks run on the session's own goroutine; a slow hook slows
+// only its session. A panic in OnConnect or OnMessage is logged and ends that
+// session (1011, or 500 before the handshake), and OnDisconnect receives
+// ErrHookPanic; a panic in OnDisconnect is logged.
 //
 // # Errors
 //

@@ -13,8 +13,8 @@ import (
 var (
 	// ErrClosed is returned by calls made after Hub.Close began.
 	ErrClosed = errors.New("wshub: hub closed")
-	// ErrSessionClosed is returned by Session calls after the session began
-	// to close.
+	// ErrSessionClosed is returned by Session.Send and Session.Join after
+	// the session began to close.
 	ErrSessionClosed = errors.New("wshub: session closed")
 	// ErrInvalidUserID is returned for an empty user ID or one longer than
 	// MaxNameLength bytes.
@@ -22,8 +22,8 @@ var (
 	// ErrInvalidTopic is returned for an empty topic or one longer than
 	// MaxNameLength bytes.
 	ErrInvalidTopic = errors.New("wshub: invalid topic")
-	// ErrInvalidSessionID is returned for a string that is not a session ID
-	// made by a hub.
+	// ErrInvalidSessionID is returned for a string that cannot be a session
+	// ID: one without a node part ("<node>.<id>") or over-long.
 	ErrInvalidSessionID = errors.New("wshub: invalid session id")
 	// ErrInvalidMessage is returned for a Message with no valid Type (such as
 	// the zero Message) or a text message that is not valid UTF-8.

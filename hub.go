@@ -2,6 +2,7 @@ package wshub
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -137,9 +138,13 @@ func (h *Hub) Stats() Stats {
 }
 
 // ServeHTTP authenticates the request, upgrades it to a WebSocket and serves
-// the session until it ends. It answers 401 when Options.Authenticate fails,
-// 403 for a refused origin, 503 once the hub is closing or when the backplane
-// cannot confirm the user's subscription in time.
+// the session until it ends. Before any upgrade it answers 401 when
+// Options.Authenticate fails, 403 for a refused origin, 503 once the hub is
+// closing or when the backplane cannot confirm the user's subscription in
+// time, 500 when Authenticate returns an over-long user ID or OnConnect
+// panics, 501 when the ResponseWriter cannot hijack the connection, and what
+// the websocket library answers to a request that is not a valid handshake
+// (400, 405, 426).
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	if h.closed {
@@ -198,7 +203,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ok, err := s.onConnect(); !ok {
 			s.abandon()
 			if h.opts.OnDisconnect != nil {
-				h.opts.OnDisconnect(s, ErrHookPanic)
+				s.onDisconnect(ErrHookPanic)
 			}
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
@@ -212,7 +217,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.log.Warn("wshub: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		s.abandon()
 		if h.opts.OnConnect != nil && h.opts.OnDisconnect != nil {
-			h.opts.OnDisconnect(s, err)
+			s.onDisconnect(err)
 		}
 		return
 	}
@@ -257,14 +262,25 @@ func closeReason(s string) string {
 }
 
 // isUpgrade reports whether r is a WebSocket handshake the websocket library
-// will take; others are left to it to refuse, before any work is done.
+// will take (RFC 6455, section 4.2.1); others are left to it to refuse with
+// the right status, before any subscription or hook.
 func isUpgrade(r *http.Request) bool {
-	if r.Header.Get("Sec-WebSocket-Key") == "" || r.Header.Get("Sec-WebSocket-Version") != "13" {
+	if r.Method != http.MethodGet || !r.ProtoAtLeast(1, 1) ||
+		!headerHasToken(r.Header, "Connection", "upgrade") ||
+		!headerHasToken(r.Header, "Upgrade", "websocket") ||
+		r.Header.Get("Sec-WebSocket-Version") != "13" {
 		return false
 	}
-	for _, v := range r.Header.Values("Upgrade") {
+	key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-WebSocket-Key"))
+	return err == nil && len(key) == 16
+}
+
+// headerHasToken reports whether a comma-separated header holds token, in
+// any case.
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
 		for _, p := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(p), "websocket") {
+			if strings.EqualFold(strings.TrimSpace(p), token) {
 				return true
 			}
 		}
@@ -648,7 +664,8 @@ func (h *Hub) onBackplaneEvent(e backplane.Event) {
 // (going away) and waits for every goroutine the hub started. When ctx ends
 // first, the remaining connections are closed at once and Close returns an
 // error wrapping ctx.Err() after the goroutines have ended. A backplane given
-// in Options is unsubscribed but not closed. Calling Close again returns the
+// in Options is not closed; the hub's channels on it are unsubscribed, unless
+// ctx has already ended. Calling Close again returns the
 // first call's result.
 //
 // http.Server.Shutdown does not wait for hijacked connections such as

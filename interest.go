@@ -196,7 +196,7 @@ func (im *interest) apply() (failed bool) {
 		errS = im.bp.Subscribe(ctx, subs...)
 	}
 	cancel()
-	if errU != nil || errS != nil {
+	if (errU != nil || errS != nil) && im.ctx.Err() == nil {
 		im.log.Warn("wshub: backplane subscription failed, will retry",
 			"subscribe", len(subs), "unsubscribe", len(unsubs), "subscribe_err", errS, "unsubscribe_err", errU)
 	}

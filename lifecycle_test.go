@@ -414,9 +414,16 @@ func TestForcedCloseDoesNotWaitForAStuckWrite(t *testing.T) {
 func TestOnMessagePanicEndsDispatchAndIsReported(t *testing.T) {
 	var calls atomic.Int32
 	gone := make(chan error, 1)
+	// The hook panics only once the second message is on its way, so the
+	// session is still open when the client writes it.
+	secondSent := make(chan struct{})
 	h, err := New(&Options{
-		Logger:       quiet,
-		OnMessage:    func(context.Context, *Session, Message) { calls.Add(1); panic("bug") },
+		Logger: quiet,
+		OnMessage: func(context.Context, *Session, Message) {
+			calls.Add(1)
+			<-secondSent
+			panic("bug")
+		},
 		OnDisconnect: func(_ *Session, err error) { gone <- err },
 	})
 	require.NoError(t, err)
@@ -427,6 +434,7 @@ func TestOnMessagePanicEndsDispatchAndIsReported(t *testing.T) {
 	cl := dial(t, &node{hub: h, srv: srv}, "")
 	require.NoError(t, cl.conn.Write(bg, websocket.MessageText, []byte("boom")))
 	require.NoError(t, cl.conn.Write(bg, websocket.MessageText, []byte("already sent")))
+	close(secondSent)
 	assert.Equal(t, StatusInternalError, cl.closed())
 	select {
 	case err := <-gone:
@@ -530,4 +538,52 @@ func TestForcedCloseDoesNotWaitForAHungBackplane(t *testing.T) {
 		<-closed
 	}
 	<-dialed
+}
+
+// A request that is not a valid WebSocket handshake is refused by the
+// websocket library's own answer before the hub subscribes anything or calls
+// OnConnect.
+func TestInvalidHandshakesCostNothing(t *testing.T) {
+	var connects atomic.Int32
+	h, err := New(&Options{Logger: quiet, Authenticate: userFromQuery,
+		OnConnect: func(context.Context, *Session) error { connects.Add(1); return nil }})
+	require.NoError(t, err)
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { require.NoError(t, h.Close(bg)) })
+
+	valid := func() *http.Request {
+		r, err := http.NewRequest(http.MethodGet, srv.URL+"?user=u", nil)
+		require.NoError(t, err)
+		r.Header.Set("Connection", "Upgrade")
+		r.Header.Set("Upgrade", "websocket")
+		r.Header.Set("Sec-WebSocket-Version", "13")
+		r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		return r
+	}
+	tests := []struct {
+		name   string
+		mutate func(r *http.Request)
+	}{
+		{"POST", func(r *http.Request) { r.Method = http.MethodPost }},
+		{"no Connection upgrade", func(r *http.Request) { r.Header.Del("Connection") }},
+		{"wrong version", func(r *http.Request) { r.Header.Set("Sec-WebSocket-Version", "8") }},
+		{"bad key", func(r *http.Request) { r.Header.Set("Sec-WebSocket-Key", "short") }},
+		{"no key", func(r *http.Request) { r.Header.Del("Sec-WebSocket-Key") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := valid()
+			tt.mutate(r)
+			resp, err := http.DefaultClient.Do(r)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.GreaterOrEqual(t, resp.StatusCode, 400)
+			assert.Less(t, resp.StatusCode, 500)
+		})
+	}
+	assert.Zero(t, connects.Load(), "OnConnect ran for an invalid handshake")
+	h.interest.mu.Lock()
+	defer h.interest.mu.Unlock()
+	assert.Nil(t, h.interest.chans[userPrefix+"u"], "an invalid handshake subscribed the user")
 }

@@ -59,7 +59,8 @@ type Options struct {
 	// handshake completes, so that what it sets up (topics joined with
 	// s.Join, messages queued with s.Send) is in place when the client sees
 	// the connection open. A non-nil error closes the session, once open,
-	// with status 1008 (policy violation) and the error's text as reason; to
+	// with status 1008 (policy violation) and the error's text, cut to 123
+	// bytes, as reason; to
 	// close with another status, call s.Close and return nil. Every session
 	// OnConnect saw is later reported to OnDisconnect.
 	OnConnect func(ctx context.Context, s *Session) error

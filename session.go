@@ -378,9 +378,21 @@ func (s *Session) end(err error) {
 	s.wg.Wait()
 	s.stopHubLink()
 	_ = s.conn.CloseNow()
-	if h.opts.OnDisconnect != nil {
-		h.opts.OnDisconnect(s, err)
+	s.onDisconnect(err)
+}
+
+// onDisconnect calls Options.OnDisconnect, if set; a panic in it is logged,
+// since the session is already over.
+func (s *Session) onDisconnect(err error) {
+	if s.hub.opts.OnDisconnect == nil {
+		return
 	}
+	defer func() {
+		if v := recover(); v != nil {
+			s.hub.log.Error("wshub: panic in OnDisconnect", "session", s.id, "panic", v, "stack", string(debug.Stack()))
+		}
+	}()
+	s.hub.opts.OnDisconnect(s, err)
 }
 
 // abandon ends a session whose upgrade failed after OnConnect saw it.
