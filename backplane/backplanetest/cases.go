@@ -61,6 +61,14 @@ func testNoDeliveryWithoutInterest(t *testing.T, e *env) {
 	b.rec.waitCount(t, b, ch, 1)
 	c.rec.waitPayload(t, c, syncCh, "sync") // cross-channel: can only pass falsely
 	assert.Empty(t, c.rec.on(ch), "%s is not subscribed to %q", c.name, ch)
+
+	// Now a barrier on the same channel: once c subscribes, a message a
+	// publishes afterwards arrives after anything a published before on ch
+	// (order per publisher, per channel), so it must be the only one.
+	e.subscribe(c, ch)
+	e.publish(a, ch, []byte("later"))
+	c.rec.waitPayload(t, c, ch, "later")
+	assert.Equal(t, []string{"later"}, strs(c.rec.on(ch)), "%s got a message published before it subscribed", c.name)
 }
 
 // testUnsubscribe: Unsubscribe stops delivery, subscriptions are a set,
