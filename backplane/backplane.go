@@ -186,3 +186,10 @@ func Open(ctx context.Context, rawURL string) (Backplane, error) {
 	}
 	return bp, nil
 }
+
+// Checker is implemented by backplanes that can tell whether they are
+// delivering now. Health returns nil when they are, and otherwise an error
+// wrapping ErrUnavailable (or ErrClosed) that says why.
+type Checker interface {
+	Health() error
+}

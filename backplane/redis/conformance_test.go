@@ -1,0 +1,86 @@
+package redis_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"sync"
+	"testing"
+
+	"github.com/alicebob/miniredis/v2"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/wshub/wshub/backplane"
+	"github.com/wshub/wshub/backplane/backplanetest"
+	wsredis "github.com/wshub/wshub/backplane/redis"
+	"github.com/wshub/wshub/internal/redistest"
+)
+
+func TestConformanceMiniredis(t *testing.T) {
+	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return nil, err
+		}
+		return &harness{addr: mr.Addr(), stop: mr.Close}, nil
+	}, backplanetest.Features{})
+}
+
+// harness makes nodes that each have their own client to one Redis, under
+// a prefix of their own.
+type harness struct {
+	addr    string
+	cluster []string
+	stop    func()
+	prefix  string
+
+	mu      sync.Mutex
+	clients []goredis.UniversalClient
+}
+
+func (h *harness) MakeNode(context.Context) (backplane.Backplane, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.prefix == "" {
+		h.prefix = "t" + randomHex() + ":"
+	}
+	var c goredis.UniversalClient
+	if h.cluster != nil {
+		c = goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: h.cluster})
+	} else {
+		c = goredis.NewClient(&goredis.Options{Addr: h.addr})
+	}
+	h.clients = append(h.clients, c)
+	return wsredis.New(c, &wsredis.Options{Prefix: h.prefix, Logger: quiet})
+}
+
+func (h *harness) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.clients {
+		_ = c.Close()
+	}
+	if h.stop != nil {
+		h.stop()
+	}
+}
+
+func randomHex() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func TestConformanceRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
+		return &harness{addr: srv.Addr()}, nil
+	}, backplanetest.Features{})
+}
+
+func TestConformanceRedisCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
+		return &harness{cluster: c.Addrs()}, nil
+	}, backplanetest.Features{})
+}

@@ -1,0 +1,57 @@
+// Package redis is a wshub backplane on Redis: the same hub on many nodes,
+// with Redis moving the messages between them.
+//
+// Import it under another name, since go-redis is also package redis:
+//
+//	import wsredis "github.com/wshub/wshub/backplane/redis"
+//
+//	bp, err := wsredis.New(redisClient, nil) // or backplane.Open(ctx, "redis://127.0.0.1:6379/0")
+//	hub, err := wshub.New(&wshub.Options{Backplane: bp})
+//
+// # Delivery
+//
+// In ModePubSub a message goes through Redis pub/sub: one PUBLISH, and
+// Redis forwards it to the nodes subscribed to its channel. A node
+// subscribes only to the channels of the users, topics and sessions it
+// holds, so a node never receives traffic it would throw away, and the
+// cost of a message does not grow with the number of channels a node
+// holds. Delivery is at-most-once and ordered per publishing node and
+// channel.
+//
+// Concurrent Publish calls are pipelined: several messages share one round
+// trip to Redis. Subscribe and Unsubscribe calls are sent on one
+// subscription connection per node (per shard with a cluster); Subscribe
+// returns when Redis has confirmed every channel.
+//
+// # Faults
+//
+// When the subscription connection fails, or the node's probe (a message it
+// publishes to itself every ProbeInterval) does not come back within
+// ProbeTimeout, the backplane reports an EventDown, throws the connection
+// away and builds a new one subscribed to everything the node holds, with
+// backoff. When the new one is confirmed it reports EventRestored with Gap
+// set: messages published in between were lost to this node. The hub
+// counts both (Stats.BackplaneDowns, Stats.BackplaneGaps) and passes them
+// to Options.OnBackplaneEvent. Health says whether the node is delivering
+// now.
+//
+// While Redis is unreachable, Publish fails with an error wrapping
+// backplane.ErrUnavailable, or with ctx.Err() when ctx ends first; it never
+// waits longer than its context. Subscribe fails at once while the node is
+// known to be down.
+//
+// # Redis Cluster
+//
+// Given a *goredis.ClusterClient the backplane uses sharded pub/sub
+// (SPUBLISH and SSUBSCRIBE, Redis 7 or later). Channels are spread over
+// Options.Shards hash-tagged groups; each group lives in one slot, so one
+// master handles its messages, and the node keeps one subscription
+// connection per group it uses. When a slot moves to another master, Redis
+// drops the subscriptions and the backplane rebuilds them on the new owner
+// (reported as down and restored, with Gap set).
+//
+// # Ownership
+//
+// A backplane never closes a client given to New. One opened from a URL
+// owns its client and closes it in Close.
+package redis

@@ -1,0 +1,178 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/wshub/wshub/backplane"
+)
+
+// Request states: a request is taken by a pipeline or given up by its
+// caller, whichever comes first.
+const (
+	reqQueued int32 = iota
+	reqTaken
+	reqCanceled
+)
+
+type pubReq struct {
+	channel string // Redis channel
+	payload []byte
+	state   atomic.Int32
+	done    chan error // buffered: the pipeline never waits for the caller
+}
+
+var reqPool = sync.Pool{New: func() any { return &pubReq{done: make(chan error, 1)} }}
+
+// publisher batches concurrent Publish calls into pipelines: up to
+// Options.Pipelines of them in flight, each one round trip for up to
+// Options.MaxBatch messages. Under light load a message goes out alone at
+// once; under heavy load the queue fills while pipelines are in flight and
+// the next pipeline takes everything queued.
+type publisher struct {
+	b     *Backplane
+	queue chan *pubReq
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func newPublisher(b *Backplane) *publisher {
+	p := &publisher{
+		b:     b,
+		queue: make(chan *pubReq, b.opts.MaxBatch*b.opts.Pipelines),
+		stop:  make(chan struct{}),
+	}
+	p.wg.Add(b.opts.Pipelines)
+	for i := 0; i < b.opts.Pipelines; i++ {
+		go p.run()
+	}
+	return p
+}
+
+// publish queues one message and waits for Redis to take it.
+func (p *publisher) publish(ctx context.Context, channel string, payload []byte) error {
+	r := reqPool.Get().(*pubReq)
+	r.channel, r.payload = channel, payload
+	r.state.Store(reqQueued)
+	select {
+	case p.queue <- r:
+	case <-ctx.Done():
+		p.recycle(r)
+		return ctx.Err()
+	case <-p.stop:
+		p.recycle(r)
+		return backplane.ErrClosed
+	}
+	select {
+	case err := <-r.done:
+		p.recycle(r)
+		return err
+	case <-ctx.Done():
+		if r.state.CompareAndSwap(reqQueued, reqCanceled) {
+			// No pipeline took it: it will never be sent.
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w (the message may have been published)", ctx.Err())
+	case <-p.stop:
+		if r.state.CompareAndSwap(reqQueued, reqCanceled) {
+			return backplane.ErrClosed
+		}
+		err := <-r.done // a pipeline has it and answers soon
+		p.recycle(r)
+		return err
+	}
+}
+
+func (p *publisher) recycle(r *pubReq) {
+	r.channel, r.payload = "", nil
+	reqPool.Put(r)
+}
+
+func (p *publisher) run() {
+	defer p.wg.Done()
+	batch := make([]*pubReq, 0, p.b.opts.MaxBatch)
+	cmds := make([]*goredis.IntCmd, 0, p.b.opts.MaxBatch)
+	for {
+		var first *pubReq
+		select {
+		case first = <-p.queue:
+		case <-p.stop:
+			p.drain()
+			return
+		}
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case r := <-p.queue:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		p.send(batch, cmds[:0])
+		clear(batch)
+	}
+}
+
+// send publishes the requests that their callers still wait for in one
+// pipeline and hands each caller its result.
+func (p *publisher) send(batch []*pubReq, cmds []*goredis.IntCmd) {
+	live := batch[:0]
+	for _, r := range batch {
+		if r.state.CompareAndSwap(reqQueued, reqTaken) {
+			live = append(live, r)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	pipe := p.b.client.Pipeline()
+	for _, r := range live {
+		if p.b.sharded {
+			cmds = append(cmds, pipe.SPublish(p.b.ctx, r.channel, r.payload))
+		} else {
+			cmds = append(cmds, pipe.Publish(p.b.ctx, r.channel, r.payload))
+		}
+	}
+	_, _ = pipe.Exec(p.b.ctx)
+	for i, r := range live {
+		err := cmds[i].Err()
+		if err != nil {
+			p.b.stats.publishErrors.Add(1)
+			if p.b.ctx.Err() != nil {
+				err = backplane.ErrClosed
+			} else {
+				err = fmt.Errorf("%w: %w", backplane.ErrUnavailable, err)
+			}
+		} else {
+			p.b.stats.published.Add(1)
+		}
+		r.done <- err
+	}
+}
+
+// drain fails whatever is still queued once the backplane closes.
+func (p *publisher) drain() {
+	for {
+		select {
+		case r := <-p.queue:
+			if r.state.CompareAndSwap(reqQueued, reqTaken) {
+				r.done <- backplane.ErrClosed
+			}
+		default:
+			return
+		}
+	}
+}
+
+// close stops the pipelines and waits for them.
+func (p *publisher) close() {
+	close(p.stop)
+	p.wg.Wait()
+	p.drain()
+}

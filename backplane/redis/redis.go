@@ -1,0 +1,538 @@
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/wshub/wshub/backplane"
+)
+
+// ErrInvalidOptions is returned by New for options it cannot work with.
+var ErrInvalidOptions = errors.New("redis backplane: invalid options")
+
+// Mode selects how messages travel through Redis.
+type Mode string
+
+// The modes of the Redis backplane.
+const (
+	// ModePubSub uses Redis pub/sub: lowest latency, at-most-once. Messages
+	// published while a node is cut off from Redis are lost to that node,
+	// and the loss is reported as an Event with Gap set.
+	ModePubSub Mode = "pubsub"
+)
+
+// Options configure a Backplane. The zero value of every field selects the
+// default given in its comment.
+type Options struct {
+	// Mode selects the delivery mode. Default ModePubSub.
+	Mode Mode
+
+	// Prefix is put in front of every Redis channel name, so that several
+	// applications (or tests) can share one Redis. Default "wshub:". With a
+	// Redis Cluster it must not contain '{' or '}', because the backplane
+	// adds a hash tag of its own.
+	Prefix string
+
+	// ProbeInterval is how often the backplane publishes a probe to itself
+	// to check that its subscriptions still deliver. Default 1s.
+	ProbeInterval time.Duration
+
+	// ProbeTimeout is how long a probe may take to come back before the
+	// subscription is taken for dead, reported down and rebuilt. Default
+	// 3 × ProbeInterval.
+	ProbeTimeout time.Duration
+
+	// Shards is, with a Redis Cluster, the number of hash-tagged shard
+	// channel groups the node's channels are spread over. Each group is one
+	// slot and has its own subscription connection to the master that owns
+	// it, so traffic spreads over the cluster's masters. Ignored without a
+	// cluster. Default 16.
+	Shards int
+
+	// Pipelines is how many publish pipelines may be in flight at once.
+	// Concurrent Publish calls are batched into pipelines of up to MaxBatch
+	// commands, one round trip each. Default 4.
+	Pipelines int
+
+	// MaxBatch is the most commands in one publish pipeline. Default 256.
+	MaxBatch int
+
+	// Logger receives the backplane's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o *Options) withDefaults() (Options, error) {
+	var c Options
+	if o != nil {
+		c = *o
+	}
+	if c.Mode == "" {
+		c.Mode = ModePubSub
+	}
+	if c.Mode != ModePubSub {
+		return c, fmt.Errorf("%w: unknown mode %q", ErrInvalidOptions, c.Mode)
+	}
+	if c.Prefix == "" {
+		c.Prefix = "wshub:"
+	}
+	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.Shards < 0 || c.Pipelines < 0 || c.MaxBatch < 0 {
+		return c, fmt.Errorf("%w: negative value", ErrInvalidOptions)
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = time.Second
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = 3 * c.ProbeInterval
+	}
+	if c.Shards == 0 {
+		c.Shards = 16
+	}
+	if c.Pipelines == 0 {
+		c.Pipelines = 4
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 256
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c, nil
+}
+
+// Stats are counters of one Backplane since it was made.
+type Stats struct {
+	Published     uint64 // messages Redis accepted from this node
+	PublishErrors uint64 // publishes that failed
+	Received      uint64 // messages handed to the handler
+	Downs         uint64 // times the node stopped receiving from Redis
+	Restores      uint64 // times it receives again after a Down
+	Gaps          uint64 // restores after which messages may be missing
+	Resubscribes  uint64 // subscription connections rebuilt
+}
+
+// Backplane is a wshub backplane on Redis pub/sub. Make one per node with
+// New, or with backplane.Open and a redis:// URL.
+//
+// With a *goredis.ClusterClient it uses sharded pub/sub (SSUBSCRIBE and
+// SPUBLISH, Redis 7 or later), so that each message is handled only by the
+// master that owns its channel's slot.
+type Backplane struct {
+	client    goredis.UniversalClient
+	ownClient bool // opened from a URL: Close closes the client
+	// subClient makes the subscription connections: a client of the
+	// backplane's own, a copy of client's options speaking RESP2.
+	subClient goredis.UniversalClient
+	sharded   bool
+	opts      Options
+	log       *slog.Logger
+	id        string // random, names this node's probe channels
+
+	ctx    context.Context // ends on Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	pub *publisher
+
+	mu      sync.Mutex
+	started bool
+	closed  bool
+	handler backplane.Handler
+	notify  func(backplane.Event)
+	subs    map[int]*subscriber // by shard; shard 0 without a cluster
+	down    int                 // subscribers currently down
+	gap     bool                // a subscriber that is or was down lost messages
+
+	stats struct {
+		published, publishErrors, received  atomic.Uint64
+		downs, restores, gaps, resubscribes atomic.Uint64
+	}
+}
+
+var (
+	_ backplane.Backplane = (*Backplane)(nil)
+	_ backplane.Notifier  = (*Backplane)(nil)
+	_ backplane.Checker   = (*Backplane)(nil)
+)
+
+// New returns a backplane on client. It does no I/O: the connections are
+// made by Start and Subscribe. opts may be nil for all defaults.
+//
+// New never closes client, nor does Close: the caller owns it and closes it
+// after the backplane.
+func New(client goredis.UniversalClient, opts *Options) (*Backplane, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: nil client", ErrInvalidOptions)
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	_, sharded := client.(*goredis.ClusterClient)
+	if sharded && strings.ContainsAny(o.Prefix, "{}") {
+		return nil, fmt.Errorf("%w: prefix %q contains a brace", ErrInvalidOptions, o.Prefix)
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	b := &Backplane{
+		client:  client,
+		sharded: sharded,
+		opts:    o,
+		log:     o.Logger,
+		id:      hex.EncodeToString(id[:]),
+		subs:    make(map[int]*subscriber),
+	}
+	b.subClient = subscriptionClient(client)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	b.pub = newPublisher(b)
+	return b, nil
+}
+
+// Notify sets the function that receives the backplane's Events: down when
+// the node stops receiving from Redis, restored when it receives again, with
+// Gap set when messages may have been lost in between. fn must not block.
+func (b *Backplane) Notify(fn func(backplane.Event)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.notify = fn
+}
+
+// Start sets the handler and begins receiving. It opens the subscription
+// connection in the background: a Redis that is down at Start is reported
+// as an EventDown and retried, not returned as an error.
+func (b *Backplane) Start(h backplane.Handler) error {
+	if h == nil {
+		return errors.New("redis backplane: nil handler")
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return backplane.ErrClosed
+	case b.started:
+		return backplane.ErrStarted
+	}
+	b.started = true
+	b.handler = h
+	if !b.sharded {
+		b.subscriberLocked(0)
+	}
+	b.wg.Add(1)
+	go b.probeLoop()
+	return nil
+}
+
+// Publish hands payload to Redis for every node subscribed to channel.
+// Concurrent calls are pipelined. It returns an error wrapping
+// backplane.ErrUnavailable when Redis refuses the message or cannot be
+// reached, and one wrapping ctx.Err() when ctx ends first; in that case the
+// message may or may not have been published.
+func (b *Backplane) Publish(ctx context.Context, channel string, payload []byte) error {
+	if channel == "" {
+		return backplane.ErrInvalidChannel
+	}
+	if b.isClosed() {
+		return backplane.ErrClosed
+	}
+	return b.pub.publish(ctx, b.redisChannel(channel), payload)
+}
+
+// Subscribe adds channels to this node's interest and returns once Redis
+// has confirmed every one of them. While the node's link to Redis is down
+// it fails at once with an error wrapping backplane.ErrUnavailable.
+func (b *Backplane) Subscribe(ctx context.Context, channels ...string) error {
+	groups, err := b.group(channels)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	switch {
+	case b.closed:
+		b.mu.Unlock()
+		return backplane.ErrClosed
+	case !b.started:
+		b.mu.Unlock()
+		return errors.New("redis backplane: Subscribe before Start")
+	}
+	type job struct {
+		s     *subscriber
+		names []string
+	}
+	jobs := make([]job, 0, len(groups))
+	for shard, names := range groups {
+		jobs = append(jobs, job{b.subscriberLocked(shard), names})
+	}
+	b.mu.Unlock()
+
+	if len(jobs) == 1 {
+		return jobs[0].s.subscribe(ctx, jobs[0].names)
+	}
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = j.s.subscribe(ctx, j.names)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Unsubscribe removes channels from this node's interest. Messages that
+// arrive for them afterwards are dropped; it does not wait for Redis.
+func (b *Backplane) Unsubscribe(ctx context.Context, channels ...string) error {
+	groups, err := b.group(channels)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return backplane.ErrClosed
+	}
+	var list []*subscriber
+	var names [][]string
+	for shard, ns := range groups {
+		if s := b.subs[shard]; s != nil {
+			list = append(list, s)
+			names = append(names, ns)
+		}
+	}
+	b.mu.Unlock()
+	for i, s := range list {
+		s.unsubscribe(ctx, names[i])
+	}
+	return nil
+}
+
+// Health reports whether the backplane is delivering now: nil when every
+// subscription connection is up and the latest self-published probe came
+// back in time, otherwise an error wrapping backplane.ErrUnavailable.
+func (b *Backplane) Health() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return backplane.ErrClosed
+	}
+	if !b.started {
+		return fmt.Errorf("%w: not started", backplane.ErrUnavailable)
+	}
+	now := time.Now()
+	for shard, s := range b.subs {
+		if err := s.health(now); err != nil {
+			return fmt.Errorf("%w: shard %d: %w", backplane.ErrUnavailable, shard, err)
+		}
+	}
+	return nil
+}
+
+// Stats returns the backplane's counters.
+func (b *Backplane) Stats() Stats {
+	return Stats{
+		Published:     b.stats.published.Load(),
+		PublishErrors: b.stats.publishErrors.Load(),
+		Received:      b.stats.received.Load(),
+		Downs:         b.stats.downs.Load(),
+		Restores:      b.stats.restores.Load(),
+		Gaps:          b.stats.gaps.Load(),
+		Resubscribes:  b.stats.resubscribes.Load(),
+	}
+}
+
+// Close stops receiving and publishing, closes the subscription
+// connections and waits for the backplane's goroutines. Publish calls in
+// flight return an error wrapping backplane.ErrClosed. It does not close a
+// client given to New. Calling Close again returns nil.
+func (b *Backplane) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := make([]*subscriber, 0, len(b.subs))
+	for _, s := range b.subs {
+		subs = append(subs, s)
+	}
+	b.mu.Unlock()
+
+	b.cancel()
+	for _, s := range subs {
+		s.close()
+	}
+	b.pub.close()
+	b.wg.Wait()
+	if b.subClient != b.client {
+		_ = b.subClient.Close()
+	}
+	if b.ownClient {
+		if err := b.client.Close(); err != nil {
+			return fmt.Errorf("redis backplane: close client: %w", err)
+		}
+	}
+	return nil
+}
+
+// subscriptionClient returns the client for subscription connections. It
+// speaks RESP2, where pub/sub messages are plain replies: go-redis releases
+// before v9.21 can drop a RESP3 push message whose header straddles a read
+// buffer boundary (go-redis issue 3839), and a backplane must not lose
+// messages to that. It also keeps the subscription connections out of the
+// caller's client. Clients of other types are used as they are.
+func subscriptionClient(client goredis.UniversalClient) goredis.UniversalClient {
+	switch c := client.(type) {
+	case *goredis.Client:
+		o := *c.Options()
+		o.Protocol = 2
+		return goredis.NewClient(&o)
+	case *goredis.ClusterClient:
+		o := *c.Options()
+		o.Protocol = 2
+		return goredis.NewClusterClient(&o)
+	}
+	return client
+}
+
+func (b *Backplane) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
+
+// subscriberLocked returns the subscriber of shard, starting it if needed.
+func (b *Backplane) subscriberLocked(shard int) *subscriber {
+	s := b.subs[shard]
+	if s == nil {
+		s = newSubscriber(b, shard)
+		b.subs[shard] = s
+		b.wg.Add(1)
+		go s.run()
+	}
+	return s
+}
+
+// shard returns the shard of a wshub channel: always 0 without a cluster.
+func (b *Backplane) shard(channel string) int {
+	if !b.sharded {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(channel))
+	return int(h.Sum32() % uint32(b.opts.Shards))
+}
+
+// shardPrefix is what every Redis channel of shard starts with.
+func (b *Backplane) shardPrefix(shard int) string {
+	if !b.sharded {
+		return b.opts.Prefix
+	}
+	return b.opts.Prefix + "{" + strconv.Itoa(shard) + "}"
+}
+
+// redisChannel maps a wshub channel to its Redis channel.
+func (b *Backplane) redisChannel(channel string) string {
+	return b.shardPrefix(b.shard(channel)) + channel
+}
+
+// group validates channels and maps them to Redis names, by shard.
+func (b *Backplane) group(channels []string) (map[int][]string, error) {
+	groups := make(map[int][]string, 1)
+	for _, ch := range channels {
+		if ch == "" {
+			return nil, backplane.ErrInvalidChannel
+		}
+		sh := b.shard(ch)
+		groups[sh] = append(groups[sh], b.shardPrefix(sh)+ch)
+	}
+	return groups, nil
+}
+
+// deliver hands a message of a Redis channel to the handler.
+func (b *Backplane) deliver(s *subscriber, redisChannel, payload string) {
+	ch := strings.TrimPrefix(redisChannel, s.prefix)
+	b.stats.received.Add(1)
+	b.handler(ch, []byte(payload))
+}
+
+// setDown records that s stopped receiving, and reports the first such
+// change as an EventDown.
+func (b *Backplane) setDown(err error) {
+	b.mu.Lock()
+	b.down++
+	first := b.down == 1 && !b.closed
+	fn := b.notify
+	b.mu.Unlock()
+	if first {
+		b.stats.downs.Add(1)
+		b.log.Warn("redis backplane: down", "err", err)
+		if fn != nil {
+			fn(backplane.Event{Kind: backplane.EventDown, Err: err})
+		}
+	}
+}
+
+// setUp records that a subscriber that was down receives again; when none
+// is down any more it reports EventRestored. gap says whether that
+// subscriber had delivered before its outage, so messages may be lost.
+func (b *Backplane) setUp(gap bool) {
+	b.mu.Lock()
+	b.down--
+	b.gap = b.gap || gap
+	last := b.down == 0 && !b.closed
+	gap = b.gap
+	if last {
+		b.gap = false
+	}
+	fn := b.notify
+	b.mu.Unlock()
+	if last {
+		b.stats.restores.Add(1)
+		if gap {
+			b.stats.gaps.Add(1)
+		}
+		b.log.Warn("redis backplane: restored", "gap", gap)
+		if fn != nil {
+			fn(backplane.Event{Kind: backplane.EventRestored, Gap: gap})
+		}
+	}
+}
+
+// probeLoop publishes a probe to every subscriber once per ProbeInterval
+// and rebuilds subscriptions whose probes do not come back.
+func (b *Backplane) probeLoop() {
+	defer b.wg.Done()
+	t := time.NewTicker(b.opts.ProbeInterval)
+	defer t.Stop()
+	var seq uint64
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		subs := make([]*subscriber, 0, len(b.subs))
+		for _, s := range b.subs {
+			subs = append(subs, s)
+		}
+		b.mu.Unlock()
+		seq++
+		now := time.Now()
+		for _, s := range subs {
+			s.probe(now, seq)
+		}
+	}
+}

@@ -1,0 +1,529 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/wshub/wshub/backplane"
+)
+
+// subscribeChunk is the most channels sent in one SUBSCRIBE command.
+const subscribeChunk = 4096
+
+// Reconnect backoff bounds.
+const (
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = 2 * time.Second
+)
+
+// upMarker is the payload of the PING that follows a generation's
+// subscriptions.
+const upMarker = "wshub-up"
+
+// errProbeLost marks a subscription whose probes stopped coming back.
+var errProbeLost = errors.New("probe did not come back")
+
+// subscriber owns the subscription connection of one shard.
+//
+// Each connection is a generation: a fresh goredis.PubSub subscribed to
+// everything the shard wants. When it fails (a read error, or probes that
+// stop coming back) the generation is thrown away whole and a new one is
+// built; go-redis's own reconnect is never relied on, so every confirmation
+// and message is known to belong to the current connection.
+type subscriber struct {
+	b      *Backplane
+	shard  int
+	prefix string // Redis channel prefix of the shard
+	probeC string // this node's probe channel on the shard
+
+	mu   sync.Mutex
+	want map[string]struct{} // Redis channels this shard holds
+	// waiters wait for SUBSCRIBE confirmations, by Redis channel.
+	waiters map[string][]*waiter
+	// ps is the current generation, nil while reconnecting.
+	ps  *goredis.PubSub
+	gen uint64
+	up  bool // the current generation confirmed its subscriptions
+	// isDown says whether this subscriber counts as down in the backplane.
+	isDown bool
+	everUp bool // some generation was up: a later outage may lose messages
+	// unsubSent and unsubAcked count UNSUBSCRIBE commands per channel on
+	// the current connection, so that a SUBSCRIBE confirmation that was
+	// sent before a later UNSUBSCRIBE does not release a later waiter.
+	unsubSent, unsubAcked map[string]uint64
+	// probeSent is when the oldest unanswered probe was published; zero
+	// when none is outstanding.
+	probeSent time.Time
+	lastErr   error
+	closed    bool
+	kill      chan struct{} // closed to end the current generation
+}
+
+// waiter is one Subscribe call waiting for its channels' confirmations.
+type waiter struct {
+	pending map[string]uint64 // channel → unsubAcked needed first
+	done    chan struct{}
+	err     error
+}
+
+func newSubscriber(b *Backplane, shard int) *subscriber {
+	prefix := b.shardPrefix(shard)
+	return &subscriber{
+		b:          b,
+		shard:      shard,
+		prefix:     prefix,
+		probeC:     prefix + "probe:" + b.id,
+		want:       make(map[string]struct{}),
+		waiters:    make(map[string][]*waiter),
+		unsubSent:  make(map[string]uint64),
+		unsubAcked: make(map[string]uint64),
+		kill:       make(chan struct{}),
+	}
+}
+
+// run builds generations until the backplane closes.
+func (s *subscriber) run() {
+	defer s.b.wg.Done()
+	backoff := minBackoff
+	for {
+		ps, kill, err := s.connect()
+		if ps != nil {
+			// The watcher closes the PubSub when the generation is killed,
+			// which makes the blocked Receive return.
+			genDone := make(chan struct{})
+			watcher := make(chan struct{})
+			go func() {
+				defer close(watcher)
+				select {
+				case <-kill:
+					_ = ps.Close()
+				case <-genDone:
+				}
+			}()
+			err = s.receive(ps, kill)
+			close(genDone)
+			<-watcher
+			_ = ps.Close()
+			backoff = minBackoff
+		}
+		if !s.endGeneration(err) {
+			return
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-s.b.ctx.Done():
+			t.Stop()
+			s.endGeneration(nil)
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// connect starts a generation subscribed to everything the shard wants.
+// A PING follows the subscriptions: its reply, which Redis sends after
+// every confirmation before it, marks the generation up.
+func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
+	var ps *goredis.PubSub
+	if s.b.sharded {
+		ps = s.b.subClient.SSubscribe(s.b.ctx)
+	} else {
+		ps = s.b.subClient.Subscribe(s.b.ctx)
+	}
+	// Subscribing to the probe channel dials, outside the lock so that
+	// Subscribe calls never wait for a dial. With a cluster, the first
+	// channel picks the node: the master of the shard's slot.
+	if err := s.send(s.b.ctx, ps, "subscribe", []string{s.probeC}); err != nil {
+		_ = ps.Close()
+		return nil, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		_ = ps.Close()
+		return nil, nil, backplane.ErrClosed
+	}
+	names := make([]string, 0, len(s.want))
+	for ch := range s.want {
+		names = append(names, ch)
+	}
+	for len(names) > 0 {
+		n := min(len(names), subscribeChunk)
+		if err := s.send(s.b.ctx, ps, "subscribe", names[:n]); err != nil {
+			_ = ps.Close()
+			return nil, nil, err
+		}
+		names = names[n:]
+	}
+	if err := ps.Ping(s.b.ctx, upMarker); err != nil {
+		_ = ps.Close()
+		return nil, nil, err
+	}
+	s.ps = ps
+	s.gen++
+	s.up = false
+	s.kill = make(chan struct{})
+	clear(s.unsubSent)
+	clear(s.unsubAcked)
+	for _, ws := range s.waiters {
+		for _, w := range ws {
+			for ch := range w.pending {
+				w.pending[ch] = 0
+			}
+		}
+	}
+	return ps, s.kill, nil
+}
+
+// send writes a (S)SUBSCRIBE or (S)UNSUBSCRIBE command for names.
+func (s *subscriber) send(ctx context.Context, ps *goredis.PubSub, op string, names []string) error {
+	switch {
+	case op == "subscribe" && s.b.sharded:
+		return ps.SSubscribe(ctx, names...)
+	case op == "subscribe":
+		return ps.Subscribe(ctx, names...)
+	case s.b.sharded:
+		return ps.SUnsubscribe(ctx, names...)
+	default:
+		return ps.Unsubscribe(ctx, names...)
+	}
+}
+
+// receive reads the generation's messages until it fails or is killed.
+func (s *subscriber) receive(ps *goredis.PubSub, kill chan struct{}) error {
+	for {
+		m, err := ps.Receive(s.b.ctx)
+		if err != nil {
+			select {
+			case <-kill:
+				return errProbeLost
+			default:
+			}
+			return err
+		}
+		switch m := m.(type) {
+		case *goredis.Message:
+			s.onMessage(m)
+		case *goredis.Subscription:
+			if err := s.onSubscription(m); err != nil {
+				return err
+			}
+		case *goredis.Pong:
+			if m.Payload == upMarker {
+				s.onUp()
+			}
+		}
+	}
+}
+
+func (s *subscriber) onMessage(m *goredis.Message) {
+	s.mu.Lock()
+	if m.Channel == s.probeC {
+		s.probeSent = time.Time{}
+		s.mu.Unlock()
+		return
+	}
+	_, ok := s.want[m.Channel]
+	s.mu.Unlock()
+	if ok {
+		s.b.deliver(s, m.Channel, m.Payload)
+	}
+}
+
+func (s *subscriber) onSubscription(m *goredis.Subscription) error {
+	s.mu.Lock()
+	switch m.Kind {
+	case "subscribe", "ssubscribe":
+		acked := s.unsubAcked[m.Channel]
+		ws := s.waiters[m.Channel]
+		keep := ws[:0]
+		for _, w := range ws {
+			if w.pending[m.Channel] <= acked {
+				w.confirm(m.Channel)
+			} else {
+				keep = append(keep, w)
+			}
+		}
+		if len(keep) == 0 {
+			delete(s.waiters, m.Channel)
+		} else {
+			s.waiters[m.Channel] = keep
+		}
+	case "unsubscribe":
+		s.ackUnsubLocked(m.Channel)
+	case "sunsubscribe":
+		if _, ok := s.want[m.Channel]; ok || m.Channel == s.probeC {
+			if s.unsubAcked[m.Channel] >= s.unsubSent[m.Channel] {
+				// Redis dropped a shard channel we hold: its slot moved
+				// to another master. Rebuild on the new owner.
+				s.mu.Unlock()
+				return fmt.Errorf("shard channel %q moved", m.Channel)
+			}
+		}
+		s.ackUnsubLocked(m.Channel)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// onUp marks the generation up once every subscription it started with
+// is confirmed.
+func (s *subscriber) onUp() {
+	s.mu.Lock()
+	if s.up {
+		s.mu.Unlock()
+		return
+	}
+	s.up = true
+	s.probeSent = time.Time{}
+	wasDown, gap := s.isDown, s.everUp
+	s.isDown = false
+	s.everUp = true
+	s.lastErr = nil
+	s.mu.Unlock()
+	if wasDown {
+		s.b.setUp(gap)
+	}
+}
+
+func (s *subscriber) ackUnsubLocked(ch string) {
+	s.unsubAcked[ch]++
+	if s.unsubAcked[ch] >= s.unsubSent[ch] {
+		// Nothing is pending for ch: every waiter's condition holds, so
+		// the counters can restart from zero.
+		delete(s.unsubAcked, ch)
+		delete(s.unsubSent, ch)
+		for _, w := range s.waiters[ch] {
+			if _, ok := w.pending[ch]; ok {
+				w.pending[ch] = 0
+			}
+		}
+	}
+}
+
+// confirm marks ch confirmed; the last one releases the waiter.
+func (w *waiter) confirm(ch string) {
+	if _, ok := w.pending[ch]; !ok {
+		return
+	}
+	delete(w.pending, ch)
+	if len(w.pending) == 0 {
+		close(w.done)
+	}
+}
+
+// endGeneration throws the current generation away and reports whether run
+// should build another.
+func (s *subscriber) endGeneration(err error) bool {
+	s.mu.Lock()
+	closed := s.closed || s.b.ctx.Err() != nil
+	s.ps = nil
+	s.up = false
+	s.probeSent = time.Time{}
+	report := !closed && !s.isDown && err != nil
+	if report {
+		s.isDown = true
+		s.lastErr = err
+	}
+	if closed {
+		for ch, ws := range s.waiters {
+			for _, w := range ws {
+				if w.err == nil {
+					w.err = backplane.ErrClosed
+				}
+				w.confirm(ch)
+			}
+		}
+		clear(s.waiters)
+	}
+	s.mu.Unlock()
+	if report {
+		s.b.stats.resubscribes.Add(1)
+		s.b.setDown(err)
+	}
+	return !closed
+}
+
+// subscribe adds names (Redis channels of this shard) and waits for their
+// confirmation. On failure the names this call added are dropped again.
+func (s *subscriber) subscribe(ctx context.Context, names []string) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return backplane.ErrClosed
+	}
+	if s.ps == nil && s.isDown {
+		err := s.lastErr
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %w", backplane.ErrUnavailable, err)
+	}
+	w := &waiter{pending: make(map[string]uint64, len(names)), done: make(chan struct{})}
+	var added []string
+	for _, ch := range names {
+		if _, ok := s.want[ch]; !ok {
+			s.want[ch] = struct{}{}
+			added = append(added, ch)
+		}
+		w.pending[ch] = s.unsubSent[ch]
+	}
+	// The generation's first SUBSCRIBE covers want; a later one must be
+	// sent. Either way a confirmation comes for each name.
+	for ch := range w.pending {
+		s.waiters[ch] = append(s.waiters[ch], w)
+	}
+	// Before the first generation, its first SUBSCRIBE will carry names.
+	ps, gen := s.ps, s.gen
+	var err error
+	for i := 0; ps != nil && i < len(names) && err == nil; i += subscribeChunk {
+		err = s.send(ctx, ps, "subscribe", names[i:min(i+subscribeChunk, len(names))])
+	}
+	s.mu.Unlock()
+
+	if err == nil {
+		select {
+		case <-w.done:
+			err = w.err
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	} else {
+		err = fmt.Errorf("%w: %w", backplane.ErrUnavailable, err)
+		s.kick(gen)
+	}
+	if err != nil {
+		s.abandon(ctx, w, added)
+	}
+	return err
+}
+
+// abandon removes a failed waiter and the names its call added.
+func (s *subscriber) abandon(ctx context.Context, w *waiter, added []string) {
+	s.mu.Lock()
+	for ch := range w.pending {
+		ws := s.waiters[ch]
+		for i, x := range ws {
+			if x == w {
+				ws = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+		if len(ws) == 0 {
+			delete(s.waiters, ch)
+		} else {
+			s.waiters[ch] = ws
+		}
+	}
+	s.mu.Unlock()
+	if len(added) > 0 {
+		s.unsubscribe(ctx, added)
+	}
+}
+
+// unsubscribe drops names at once and tells Redis without waiting for it.
+func (s *subscriber) unsubscribe(ctx context.Context, names []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var drop []string
+	for _, ch := range names {
+		if _, ok := s.want[ch]; !ok {
+			continue
+		}
+		delete(s.want, ch)
+		drop = append(drop, ch)
+		// A Subscribe still waiting for ch is overtaken by this call.
+		for _, w := range s.waiters[ch] {
+			w.confirm(ch)
+		}
+		delete(s.waiters, ch)
+		if s.ps != nil {
+			s.unsubSent[ch]++
+		}
+	}
+	if s.ps == nil || len(drop) == 0 {
+		return
+	}
+	var err error
+	for i := 0; i < len(drop) && err == nil; i += subscribeChunk {
+		err = s.send(ctx, s.ps, "unsubscribe", drop[i:min(i+subscribeChunk, len(drop))])
+	}
+	if err != nil {
+		// The connection is broken; the next generation starts without
+		// these channels.
+		s.kickLocked(s.gen)
+	}
+}
+
+// kick ends generation gen if it is still the current one.
+func (s *subscriber) kick(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kickLocked(gen)
+}
+
+func (s *subscriber) kickLocked(gen uint64) {
+	if s.ps == nil || s.gen != gen {
+		return
+	}
+	// run's watcher closes the PubSub.
+	select {
+	case <-s.kill:
+	default:
+		close(s.kill)
+	}
+}
+
+// probe publishes a probe on the shard, and ends the generation when an
+// earlier probe has been outstanding longer than ProbeTimeout.
+func (s *subscriber) probe(now time.Time, seq uint64) {
+	s.mu.Lock()
+	if s.ps == nil || !s.up {
+		s.mu.Unlock()
+		return
+	}
+	if s.probeSent.IsZero() {
+		s.probeSent = now
+	} else if now.Sub(s.probeSent) > s.b.opts.ProbeTimeout {
+		s.kickLocked(s.gen)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.b.wg.Add(1)
+	go func() {
+		defer s.b.wg.Done()
+		ctx, cancel := context.WithTimeout(s.b.ctx, s.b.opts.ProbeInterval)
+		defer cancel()
+		_ = s.b.pub.publish(ctx, s.probeC, []byte(strconv.FormatUint(seq, 10)))
+	}()
+}
+
+// health returns why the shard is not delivering, or nil.
+func (s *subscriber) health(now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.ps == nil || !s.up:
+		if s.lastErr != nil {
+			return s.lastErr
+		}
+		return errors.New("connecting")
+	case !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.b.opts.ProbeTimeout:
+		return errProbeLost
+	}
+	return nil
+}
+
+// close ends the subscriber; run returns soon after.
+func (s *subscriber) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	s.kickLocked(s.gen)
+}
