@@ -34,12 +34,14 @@ type node struct {
 	hub *Hub
 	srv *httptest.Server
 	bp  backplane.Backplane
+	// received counts the messages the backplane handed to this node.
+	received func() uint64
 }
 
 // cluster is several hubs on one backplane, each behind a real HTTP server.
 type cluster struct {
 	t     *testing.T
-	bus   *memory.Bus
+	bus   *memory.Bus // set on the memory backend
 	nodes []*node
 }
 
@@ -52,15 +54,35 @@ func userFromQuery(r *http.Request) (string, error) {
 	return u, nil
 }
 
-// newCluster starts n hubs on one memory bus. tweak may adjust each node's
+// clusterMaker starts n hubs on one bus. tweak may adjust each node's
 // options.
+type clusterMaker func(t *testing.T, n int, tweak func(i int, o *Options)) *cluster
+
+// newCluster starts n hubs on one memory bus.
 func newCluster(t *testing.T, n int, tweak func(i int, o *Options)) *cluster {
 	t.Helper()
-	c := &cluster{t: t, bus: memory.NewBus()}
+	bus := memory.NewBus()
+	c := newClusterOn(t, n, tweak, func(t *testing.T, name string) (backplane.Backplane, func() uint64) {
+		bp, err := bus.NewNode(name)
+		require.NoError(t, err)
+		return bp, func() uint64 {
+			st, err := bus.Stats(name)
+			require.NoError(t, err)
+			return st.Delivered
+		}
+	})
+	c.bus = bus
+	return c
+}
+
+// newClusterOn starts n hubs on the backplanes that makeBP makes.
+func newClusterOn(t *testing.T, n int, tweak func(i int, o *Options),
+	makeBP func(t *testing.T, name string) (backplane.Backplane, func() uint64)) *cluster {
+	t.Helper()
+	c := &cluster{t: t}
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("node%d", i)
-		bp, err := c.bus.NewNode(name)
-		require.NoError(t, err)
+		bp, received := makeBP(t, name)
 		o := &Options{Backplane: bp, NodeID: name, Authenticate: userFromQuery, Logger: quiet}
 		if tweak != nil {
 			tweak(i, o)
@@ -68,7 +90,7 @@ func newCluster(t *testing.T, n int, tweak func(i int, o *Options)) *cluster {
 		h, err := New(o)
 		require.NoError(t, err)
 		srv := httptest.NewServer(h)
-		nd := &node{hub: h, srv: srv, bp: bp}
+		nd := &node{hub: h, srv: srv, bp: bp, received: received}
 		c.nodes = append(c.nodes, nd)
 		t.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
