@@ -659,6 +659,22 @@ func (h *Hub) onBackplaneEvent(e backplane.Event) {
 	}
 }
 
+// Health reports whether the hub can deliver across the cluster now, for a
+// readiness check. It returns ErrClosed once the hub is closing, the
+// backplane's error when the backplane implements backplane.Checker and is
+// not delivering (wrapping backplane.ErrUnavailable), and nil otherwise.
+func (h *Hub) Health() error {
+	if h.isClosed() {
+		return ErrClosed
+	}
+	if c, ok := h.bp.(backplane.Checker); ok {
+		if err := c.Health(); err != nil {
+			return fmt.Errorf("wshub: backplane: %w", err)
+		}
+	}
+	return nil
+}
+
 // Close shuts the hub down gracefully: it stops accepting upgrades (503),
 // lets every session send what it has queued, closes each with status 1001
 // (going away) and waits for every goroutine the hub started. When ctx ends

@@ -361,9 +361,12 @@ func TestPartitionedNodeMissesMessagesAndRecovers(t *testing.T) {
 	require.NoError(t, c.nodes[0].hub.Send(bg, "u", Text("lost")))
 	err := c.nodes[1].hub.Send(bg, "u", Text("cannot leave"))
 	require.ErrorIs(t, err, backplane.ErrUnavailable)
+	require.ErrorIs(t, c.nodes[1].hub.Health(), backplane.ErrUnavailable)
+	require.NoError(t, c.nodes[0].hub.Health())
 
 	require.NoError(t, c.bus.Heal("node1"))
 	e := <-events
+	require.NoError(t, c.nodes[1].hub.Health())
 	assert.Equal(t, backplane.EventRestored, e.Kind)
 	assert.True(t, e.Gap)
 	require.NoError(t, c.nodes[0].hub.Send(bg, "u", Text("after heal")))

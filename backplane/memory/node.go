@@ -15,6 +15,7 @@ import (
 var (
 	_ backplane.Backplane = (*Node)(nil)
 	_ backplane.Notifier  = (*Node)(nil)
+	_ backplane.Checker   = (*Node)(nil)
 )
 
 // shrinkCap is the capacity above which a delivery buffer that was mostly
@@ -290,6 +291,19 @@ func (n *Node) run(h backplane.Handler) {
 			clear(batch) // let the payloads go
 		}
 	}
+}
+
+// Health returns nil while the node delivers, an error wrapping
+// backplane.ErrUnavailable while it is partitioned, and one wrapping
+// backplane.ErrClosed after Close.
+func (n *Node) Health() error {
+	switch {
+	case n.closed.Load():
+		return n.errClosed()
+	case n.cut.Load():
+		return fmt.Errorf("memory: node %q is partitioned: %w", n.name, backplane.ErrUnavailable)
+	}
+	return nil
 }
 
 func (n *Node) errClosed() error {

@@ -139,9 +139,14 @@ func (p *publisher) send(batch []*pubReq, cmds []*goredis.IntCmd) {
 			cmds = append(cmds, pipe.Publish(p.b.ctx, r.channel, r.payload))
 		}
 	}
-	_, _ = pipe.Exec(p.b.ctx)
+	_, execErr := pipe.Exec(p.b.ctx)
 	for i, r := range live {
 		err := cmds[i].Err()
+		if err == nil && execErr != nil {
+			// go-redis leaves the commands of a pipeline that could not
+			// be sent at all (a failed dial) without an error of their own.
+			err = execErr
+		}
 		if err != nil {
 			p.b.stats.publishErrors.Add(1)
 			if p.b.ctx.Err() != nil {

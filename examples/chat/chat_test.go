@@ -24,6 +24,7 @@ import (
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/backplane"
 	"github.com/wshub/wshub/backplane/memory"
+	"github.com/wshub/wshub/internal/redistest"
 )
 
 func TestMain(m *testing.M) {
@@ -387,36 +388,51 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// running is one run of the chat command in the background.
+type running struct {
+	base   string // http://addr
+	out    *syncBuffer
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// startRun runs the chat command with args and waits until it listens.
+func startRun(t *testing.T, args ...string) *running {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{out: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- run(ctx, append([]string{"-addr", "127.0.0.1:0"}, args...), r.out) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(waitFor):
+			t.Error("run did not return")
+		}
+	})
+	listening := regexp.MustCompile(`msg="chat listening" addr=(\S+)`)
+	require.Eventually(t, func() bool {
+		m := listening.FindStringSubmatch(r.out.String())
+		if m != nil {
+			r.base = "http://" + m[1]
+		}
+		return m != nil
+	}, waitFor, 5*time.Millisecond, "run did not log its address: %s", r.out)
+	return r
+}
+
 func TestRunServesUntilCanceled(t *testing.T) {
 	for _, tt := range []struct{ name, backplane string }{
 		{"private backplane", ""},
 		{"memory URL", "memory://"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			out := &syncBuffer{}
-			done := make(chan error, 1)
-			go func() {
-				done <- run(ctx, []string{"-addr", "127.0.0.1:0", "-node", "n1", "-backplane", tt.backplane}, out)
-			}()
-
-			listening := regexp.MustCompile(`msg="chat listening" addr=(\S+)`)
-			var addr string
-			require.Eventually(t, func() bool {
-				m := listening.FindStringSubmatch(out.String())
-				if m != nil {
-					addr = m[1]
-				}
-				return m != nil
-			}, waitFor, 5*time.Millisecond, "run did not log its address")
-
-			base := "http://" + addr
-			alice := dial(t, base, "alice", "n1")
+			r := startRun(t, "-node", "n1", "-backplane", tt.backplane)
+			alice := dial(t, r.base, "alice", "n1")
 			alice.send(`{"type":"say","room":"lobby","text":"hi"}`)
 			alice.expect(event{Type: "message", Room: "lobby", From: "alice", Text: "hi"})
 
-			cancel()
+			r.cancel()
 			select {
 			case <-alice.done:
 				assert.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(alice.err))
@@ -424,14 +440,34 @@ func TestRunServesUntilCanceled(t *testing.T) {
 				t.Fatal("the session was not closed")
 			}
 			select {
-			case err := <-done:
+			case err := <-r.done:
 				require.NoError(t, err)
+				r.done <- err // for the cleanup
 			case <-time.After(waitFor):
 				t.Fatal("run did not return")
 			}
-			assert.Contains(t, out.String(), "chat stopped")
+			assert.Contains(t, r.out.String(), "chat stopped")
 		})
 	}
+}
+
+// Two chat processes on one Redis form one chat, as the README shows.
+func TestTwoRunsOnRedisFormOneChat(t *testing.T) {
+	srv := redistest.Start(t)
+	bpURL := "redis://" + srv.Addr() + "/0?prefix=chat-test:"
+	a := startRun(t, "-node", "a", "-backplane", bpURL)
+	b := startRun(t, "-node", "b", "-backplane", bpURL)
+	alice := dial(t, a.base, "alice", "a")
+	bob := dial(t, b.base, "bob", "b")
+
+	alice.send(`{"type":"say","room":"lobby","text":"hello from a"}`)
+	want := event{Type: "message", Room: "lobby", From: "alice", Text: "hello from a"}
+	alice.expect(want)
+	bob.expect(want)
+	bob.send(`{"type":"dm","to":"alice","text":"hi from b"}`)
+	dm := event{Type: "dm", From: "bob", To: "alice", Text: "hi from b"}
+	alice.expect(dm)
+	bob.expect(dm)
 }
 
 func TestRunBadArguments(t *testing.T) {

@@ -8,8 +8,8 @@
 //
 // then open http://127.0.0.1:8080 in two browser tabs and pick two names.
 //
-// Run a cluster of two nodes (once the Redis backend exists) and open one tab
-// on each; the users still talk to each other:
+// Run a cluster of two nodes on a Redis and open one tab on each; the users
+// still talk to each other:
 //
 //	go run ./examples/chat -backplane redis://127.0.0.1:6379 -addr :8081
 //	go run ./examples/chat -backplane redis://127.0.0.1:6379 -addr :8082
@@ -54,11 +54,8 @@ import (
 
 	"github.com/wshub/wshub/backplane"
 	// Backends make their URL scheme known to backplane.Open when imported.
-	// Once the Redis backend exists, import it here to enable
-	// -backplane redis://...:
-	//
-	//	_ "github.com/wshub/wshub/backplane/redis"
 	_ "github.com/wshub/wshub/backplane/memory"
+	_ "github.com/wshub/wshub/backplane/redis"
 )
 
 // shutdownTimeout bounds a graceful shutdown: closing the sessions, then the

@@ -1,0 +1,119 @@
+package redis_test
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wshub/wshub/backplane"
+	wsredis "github.com/wshub/wshub/backplane/redis"
+)
+
+var bg = context.Background()
+
+func TestPublishFailsWhileRedisIsDown(t *testing.T) {
+	mr := miniredis.RunT(t)
+	client := goredis.NewClient(&goredis.Options{Addr: mr.Addr(), MaxRetries: -1})
+	defer client.Close()
+	bp, err := wsredis.New(client, &wsredis.Options{Logger: quiet})
+	require.NoError(t, err)
+	defer bp.Close()
+	require.NoError(t, bp.Start(func(string, []byte) {}))
+	require.NoError(t, bp.Publish(bg, "c", []byte("up")))
+
+	mr.Close()
+	err = bp.Publish(bg, "c", []byte("down"))
+	require.ErrorIs(t, err, backplane.ErrUnavailable)
+	assert.EqualValues(t, 1, bp.Stats().PublishErrors)
+	assert.EqualValues(t, 1, bp.Stats().Published)
+
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	err = bp.Publish(ctx, "c", []byte("down"))
+	assert.True(t, errors.Is(err, backplane.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded), "%v", err)
+}
+
+func TestNeverClosesTheGivenClient(t *testing.T) {
+	mr := miniredis.RunT(t)
+	client := goredis.NewClient(&goredis.Options{Addr: mr.Addr()})
+	defer client.Close()
+	bp, err := wsredis.New(client, &wsredis.Options{Logger: quiet})
+	require.NoError(t, err)
+	require.NoError(t, bp.Start(func(string, []byte) {}))
+	require.NoError(t, bp.Subscribe(bg, "c"))
+	require.NoError(t, bp.Health())
+	require.NoError(t, bp.Close())
+	require.NoError(t, bp.Close(), "Close again")
+	require.NoError(t, client.Ping(bg).Err(), "the client was closed")
+	require.ErrorIs(t, bp.Health(), backplane.ErrClosed)
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	mr := miniredis.RunT(t)
+	client := goredis.NewClient(&goredis.Options{Addr: mr.Addr()})
+	defer client.Close()
+	for name, o := range map[string]*wsredis.Options{
+		"unknown mode":    {Mode: "carrier-pigeon"},
+		"negative probe":  {ProbeInterval: -time.Second},
+		"negative shards": {Shards: -1},
+	} {
+		_, err := wsredis.New(client, o)
+		assert.ErrorIs(t, err, wsredis.ErrInvalidOptions, name)
+	}
+	_, err := wsredis.New(nil, nil)
+	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions)
+
+	cluster := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: []string{mr.Addr()}})
+	defer cluster.Close()
+	_, err = wsredis.New(cluster, &wsredis.Options{Prefix: "app{1}:"})
+	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions, "a brace in a cluster prefix")
+}
+
+func TestOpenURL(t *testing.T) {
+	mr := miniredis.RunT(t)
+	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	defer cancel()
+
+	bp, err := backplane.Open(ctx, "redis://"+mr.Addr()+"/0?mode=pubsub&prefix=app1:&probe_interval=200ms&pipelines=2&dial_timeout=1s")
+	require.NoError(t, err)
+	got := make(chan string, 1)
+	require.NoError(t, bp.Start(func(ch string, p []byte) { got <- ch + "=" + string(p) }))
+	require.NoError(t, bp.Subscribe(ctx, "u:x"))
+	require.NoError(t, bp.Publish(ctx, "u:x", []byte("hi")))
+	assert.Equal(t, "u:x=hi", <-got)
+	chs := mr.PubSubChannels("app1:*")
+	assert.Contains(t, chs, "app1:u:x", "the prefix is applied")
+	require.NoError(t, bp.Close())
+
+	for _, bad := range []string{
+		"redis://" + mr.Addr() + "?mode=streamz",
+		"redis://" + mr.Addr() + "?probe_interval=soon",
+		"redis://" + mr.Addr() + "?shards=-3",
+		"redis://" + mr.Addr() + "?no_such_option=1",
+	} {
+		_, err := backplane.Open(ctx, bad)
+		assert.Error(t, err, bad)
+	}
+	_, err = backplane.Open(ctx, "redis://127.0.0.1:1/0?dial_timeout=100ms")
+	assert.ErrorIs(t, err, backplane.ErrUnavailable, "nothing listens on port 1")
+
+	mr.RequireAuth("secret")
+	_, err = backplane.Open(ctx, "redis://"+mr.Addr())
+	assert.Error(t, err, "wrong password")
+	bp, err = backplane.Open(ctx, "redis://:secret@"+mr.Addr())
+	require.NoError(t, err)
+	require.NoError(t, bp.Close())
+}
+
+func TestSchemesAreRegistered(t *testing.T) {
+	assert.Subset(t, backplane.Schemes(), []string{"redis", "rediss"})
+	_, err := wsredis.Open(bg, &url.URL{Scheme: "redis", Host: "127.0.0.1:1", RawQuery: "cluster=maybe"})
+	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions)
+}
