@@ -62,6 +62,7 @@ func benchRedisSend(b *testing.B, addr string, callers int) {
 	var mu sync.Mutex
 	lat := make([]time.Duration, 0, 1<<16)
 	var readers sync.WaitGroup
+	b.Cleanup(readers.Wait) // last: after the connections are closed
 	for u := 0; u < users; u++ {
 		conn, _, err := websocket.Dial(context.Background(), wsURL(srv)+"/ws?user=u"+fmt.Sprint(u), nil)
 		if err != nil {
@@ -84,7 +85,6 @@ func benchRedisSend(b *testing.B, addr string, callers int) {
 			}
 		}()
 	}
-	b.Cleanup(readers.Wait)
 
 	b.ResetTimer()
 	start := time.Now()

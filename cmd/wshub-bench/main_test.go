@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+// TestMain doubles as the client process: run re-executes os.Args[0], which
+// under go test is this test binary, with childEnv set.
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		if args, ok := childInvocation(os.Args[1:]); ok {
+			os.Exit(childMain(args, os.Stdin, os.Stdout, os.Stderr))
+		}
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// syncBuffer collects the diagnostics, written by several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runLine runs the tool with args and returns its one JSON line, decoded
+// strictly: exactly the documented fields.
+func runLine(t *testing.T, args ...string) result {
+	t.Helper()
+	var stdout bytes.Buffer
+	var stderr syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := run(ctx, append([]string{"-timeout", "60s"}, args...), &stdout, &stderr)
+	t.Logf("%v in %v\nstdout: %sstderr:\n%s", args, time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String())
+	require.NoError(t, err)
+
+	out := stdout.String()
+	require.Equal(t, 1, strings.Count(out, "\n"), "exactly one line on stdout")
+	require.True(t, strings.HasSuffix(out, "\n"))
+	var fields map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &fields))
+	for _, f := range []string{"scenario", "backplane", "nodes", "conns", "msgs", "size", "delivered", "lost",
+		"deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "server_bytes_per_conn", "goroutines_per_conn"} {
+		require.Contains(t, fields, f)
+	}
+	require.Len(t, fields, 14)
+	var res result
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&res))
+	return res
+}
+
+func TestScenarios(t *testing.T) {
+	const conns, msgs = 20, 50
+	small := []string{"-conns", "20", "-msgs", "50", "-size", "100"}
+	cases := []struct {
+		name     string
+		args     []string
+		scenario string
+		nodes    int
+		want     int64 // delivered
+		sends    bool
+	}{
+		{"broadcast", []string{"-scenario", "broadcast"}, "broadcast", 1, conns * msgs, true},
+		{"broadcast-3-nodes", []string{"-scenario", "broadcast", "-nodes", "3"}, "broadcast", 3, conns * msgs, true},
+		{"broadcast-binary-paced", []string{"-scenario", "broadcast", "-binary", "-rate", "500"}, "broadcast", 1, conns * msgs, true},
+		{"send-user", []string{"-scenario", "send-user", "-nodes", "2", "-callers", "4"}, "send-user", 2, msgs, true},
+		{"idle", []string{"-scenario", "idle"}, "idle", 1, 0, false},
+		// 10 stable clients get everything; 10 slots churn meanwhile.
+		{"churn", []string{"-scenario", "churn", "-rate", "100", "-churn", "100", "-nodes", "2"}, "churn", 2, conns / 2 * msgs, true},
+		{"raw-broadcast", []string{"-scenario", "raw"}, "raw-broadcast", 1, conns * msgs, true},
+		{"raw-idle", []string{"-scenario", "raw", "-raw-of", "idle"}, "raw-idle", 1, 0, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := runLine(t, append(small, tc.args...)...)
+			require.Equal(t, tc.scenario, res.Scenario)
+			require.Equal(t, tc.nodes, res.Nodes)
+			require.Equal(t, conns, res.Conns)
+			require.Equal(t, tc.want, res.Delivered)
+			require.Zero(t, res.Lost)
+			require.Positive(t, res.ServerBytesPerConn, "a connection costs the server memory")
+			require.InDelta(t, 1.0, res.GoroutinesPerConn, 0.5, "one reader per connection")
+			if tc.sends {
+				require.Equal(t, msgs, res.Msgs)
+				require.Equal(t, 100, res.Size)
+				require.Positive(t, res.DeliveriesPerS)
+				require.Positive(t, res.MaxMs)
+				require.LessOrEqual(t, res.P50Ms, res.P99Ms)
+				require.LessOrEqual(t, res.P99Ms, res.MaxMs*1.02) // histogram buckets are 1.6% wide
+			} else {
+				require.Zero(t, res.Msgs)
+				require.Zero(t, res.DeliveriesPerS)
+			}
+			if strings.HasPrefix(res.Scenario, "raw") {
+				require.Equal(t, "none", res.Backplane)
+			} else {
+				require.Equal(t, "memory://", res.Backplane)
+			}
+		})
+	}
+}
+
+func TestUnknownBackplane(t *testing.T) {
+	var stdout bytes.Buffer
+	err := run(context.Background(), []string{"-backplane", "nosuch://u:secret@host/", "-conns", "1"}, &stdout, io.Discard)
+	require.ErrorContains(t, err, "unknown scheme")
+	require.Empty(t, stdout.String())
+}
+
+func TestFlags(t *testing.T) {
+	require.ErrorIs(t, run(context.Background(), []string{"-h"}, io.Discard, io.Discard), flag.ErrHelp)
+	for _, args := range [][]string{
+		{"-scenario", "nope"},
+		{"-raw-of", "send-user"},
+		{"-nodes", "0"},
+		{"-conns", "0"},
+		{"-size", "7"},
+		{"-rate", "-1"},
+		{"-scenario", "churn", "-conns", "1"},
+		{"-scenario", "churn", "-churn", "0"},
+		{"-per-addr", "30000"},
+		{"stray"},
+	} {
+		err := run(context.Background(), args, io.Discard, io.Discard)
+		require.Error(t, err, "%q", args)
+		require.False(t, errors.Is(err, flag.ErrHelp))
+	}
+	// Idle sends nothing: no payload size constraint.
+	_, err := parseFlags([]string{"-scenario", "idle", "-size", "0"}, io.Discard)
+	require.NoError(t, err)
+}
+
+func TestChildInvocation(t *testing.T) {
+	rest, ok := childInvocation([]string{"-role", "clients", "-timeout", "1s"})
+	require.True(t, ok)
+	require.Equal(t, []string{"-timeout", "1s"}, rest)
+	_, ok = childInvocation([]string{"-role=clients"})
+	require.True(t, ok)
+	_, ok = childInvocation([]string{"-scenario", "idle"})
+	require.False(t, ok)
+}
+
+func TestStamp(t *testing.T) {
+	for _, ns := range []int64{0, 1, 63, 64, 123456789, int64(78 * time.Hour)} {
+		b := bytes.Repeat([]byte{padByte}, 16)
+		putStamp(b, ns)
+		require.True(t, isPrintableASCII(b), "%q", b)
+		got, ok := getStamp(b)
+		require.True(t, ok)
+		require.Equal(t, ns, got)
+	}
+	_, ok := getStamp([]byte("short"))
+	require.False(t, ok)
+	_, ok = getStamp([]byte("\xff2345678"))
+	require.False(t, ok)
+}
+
+func isPrintableASCII(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func TestHistogram(t *testing.T) {
+	var h histogram
+	for v := int64(1); v <= 100000; v++ {
+		h.record(int(v), v*1000) // 1µs to 100ms
+	}
+	q, n := h.quantiles(0.5, 0.99, 1)
+	require.EqualValues(t, 100000, n)
+	require.InEpsilon(t, 50e6, float64(q[0]), 0.02)
+	require.InEpsilon(t, 99e6, float64(q[1]), 0.02)
+	require.InEpsilon(t, 100e6, float64(q[2]), 0.02)
+	for _, v := range []int64{0, 5, 127, 128, 1000, 1 << 30} {
+		require.InEpsilon(t, float64(max(v, 1)), float64(max(bucketValue(bucketOf(v)), 1)), 0.02, "%d", v)
+	}
+}

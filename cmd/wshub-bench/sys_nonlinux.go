@@ -1,0 +1,8 @@
+//go:build !linux
+
+package main
+
+import "syscall"
+
+// bindAddressNoPort is only needed, and only exists, on Linux.
+var bindAddressNoPort func(network, address string, c syscall.RawConn) error
