@@ -38,6 +38,13 @@ var (
 	// ErrUnknownScheme is returned by Open for a URL whose scheme no backend
 	// registered.
 	ErrUnknownScheme = errors.New("backplane: unknown scheme")
+	// ErrNotRetained is returned by Log.Read when messages after the given
+	// offset may already have been dropped by retention: the reader cannot
+	// be brought up to date from the log and must reload its state.
+	ErrNotRetained = errors.New("backplane: not retained")
+	// ErrInvalidOffset is returned by Log.Read for an offset that the
+	// backplane did not hand out.
+	ErrInvalidOffset = errors.New("backplane: invalid offset")
 )
 
 // Handler receives the messages that arrive on the channels a node subscribed to.
@@ -192,4 +199,31 @@ func Open(ctx context.Context, rawURL string) (Backplane, error) {
 // wrapping ErrUnavailable (or ErrClosed) that says why.
 type Checker interface {
 	Health() error
+}
+
+// OffsetHandler is a Handler that also receives each message's offset in
+// its channel. Offsets of one channel compare in publish order as strings.
+type OffsetHandler func(channel, offset string, payload []byte)
+
+// Entry is a message read back from a channel's log.
+type Entry struct {
+	Offset  string
+	Payload []byte
+}
+
+// Log is implemented by backplanes that keep a bounded log of every
+// channel, so that a reader that fell behind (a client that reconnects)
+// can be given exactly what it missed.
+type Log interface {
+	// StartWithOffsets is Start with a handler that also receives each
+	// message's offset. Call one of Start and StartWithOffsets, once.
+	StartWithOffsets(h OffsetHandler) error
+
+	// Read returns up to limit messages of channel published after offset,
+	// oldest first. An empty offset reads from the oldest message
+	// retained. It returns an error wrapping ErrNotRetained when messages
+	// after offset may have been dropped by retention, and one wrapping
+	// ErrInvalidOffset for an offset the backplane did not hand out. Fewer
+	// than limit messages means the reader is up to date.
+	Read(ctx context.Context, channel, offset string, limit int) ([]Entry, error)
 }

@@ -33,6 +33,7 @@ type harness struct {
 	cluster []string
 	stop    func()
 	prefix  string
+	mode    wsredis.Mode
 
 	mu      sync.Mutex
 	clients []goredis.UniversalClient
@@ -51,7 +52,7 @@ func (h *harness) MakeNode(context.Context) (backplane.Backplane, error) {
 		c = goredis.NewClient(&goredis.Options{Addr: h.addr})
 	}
 	h.clients = append(h.clients, c)
-	return wsredis.New(c, &wsredis.Options{Prefix: h.prefix, Logger: quiet})
+	return wsredis.New(c, &wsredis.Options{Prefix: h.prefix, Logger: quiet, Mode: h.mode})
 }
 
 func (h *harness) Close() {
@@ -82,5 +83,29 @@ func TestConformanceRedisCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
 		return &harness{cluster: c.Addrs()}, nil
+	}, backplanetest.Features{})
+}
+
+func TestConformanceStreamsMiniredis(t *testing.T) {
+	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return nil, err
+		}
+		return &harness{addr: mr.Addr(), stop: mr.Close, mode: wsredis.ModeStreams}, nil
+	}, backplanetest.Features{})
+}
+
+func TestConformanceStreamsRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
+		return &harness{addr: srv.Addr(), mode: wsredis.ModeStreams}, nil
+	}, backplanetest.Features{})
+}
+
+func TestConformanceStreamsRedisCluster(t *testing.T) {
+	c := redistest.StartCluster(t, 3)
+	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
+		return &harness{cluster: c.Addrs(), mode: wsredis.ModeStreams}, nil
 	}, backplanetest.Features{})
 }

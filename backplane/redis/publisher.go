@@ -21,6 +21,7 @@ const (
 
 type pubReq struct {
 	channel string // Redis channel
+	key     string // ModeStreams: the channel's log
 	payload []byte
 	state   atomic.Int32
 	done    chan error // buffered: the pipeline never waits for the caller
@@ -53,10 +54,11 @@ func newPublisher(b *Backplane) *publisher {
 	return p
 }
 
-// publish queues one message and waits for Redis to take it.
-func (p *publisher) publish(ctx context.Context, channel string, payload []byte) error {
+// publish queues one message and waits for Redis to take it. key is the
+// channel's log in ModeStreams, empty otherwise.
+func (p *publisher) publish(ctx context.Context, channel, key string, payload []byte) error {
 	r := reqPool.Get().(*pubReq)
-	r.channel, r.payload = channel, payload
+	r.channel, r.key, r.payload = channel, key, payload
 	r.state.Store(reqQueued)
 	select {
 	case p.queue <- r:
@@ -88,14 +90,14 @@ func (p *publisher) publish(ctx context.Context, channel string, payload []byte)
 }
 
 func (p *publisher) recycle(r *pubReq) {
-	r.channel, r.payload = "", nil
+	r.channel, r.key, r.payload = "", "", nil
 	reqPool.Put(r)
 }
 
 func (p *publisher) run() {
 	defer p.wg.Done()
 	batch := make([]*pubReq, 0, p.b.opts.MaxBatch)
-	cmds := make([]*goredis.IntCmd, 0, p.b.opts.MaxBatch)
+	cmds := make([]goredis.Cmder, 0, p.b.opts.MaxBatch)
 	for {
 		var first *pubReq
 		select {
@@ -121,7 +123,7 @@ func (p *publisher) run() {
 
 // send publishes the requests that their callers still wait for in one
 // pipeline and hands each caller its result.
-func (p *publisher) send(batch []*pubReq, cmds []*goredis.IntCmd) {
+func (p *publisher) send(batch []*pubReq, cmds []goredis.Cmder) {
 	live := batch[:0]
 	for _, r := range batch {
 		if r.state.CompareAndSwap(reqQueued, reqTaken) {
@@ -131,15 +133,14 @@ func (p *publisher) send(batch []*pubReq, cmds []*goredis.IntCmd) {
 	if len(live) == 0 {
 		return
 	}
-	pipe := p.b.client.Pipeline()
-	for _, r := range live {
-		if p.b.sharded {
-			cmds = append(cmds, pipe.SPublish(p.b.ctx, r.channel, r.payload))
-		} else {
-			cmds = append(cmds, pipe.Publish(p.b.ctx, r.channel, r.payload))
+	cmds, execErr := p.exec(live, cmds)
+	if execErr != nil && p.b.opts.Mode == ModeStreams && goredis.HasErrorPrefix(execErr, "NOSCRIPT") {
+		// Redis restarted or flushed its scripts: load ours and send again.
+		// Nothing was published, since no script ran.
+		if err := publishScript.Load(p.b.ctx, p.b.client).Err(); err == nil {
+			cmds, execErr = p.exec(live, cmds[:0])
 		}
 	}
-	_, execErr := pipe.Exec(p.b.ctx)
 	for i, r := range live {
 		err := cmds[i].Err()
 		if err == nil && execErr != nil {
@@ -159,6 +160,28 @@ func (p *publisher) send(batch []*pubReq, cmds []*goredis.IntCmd) {
 		}
 		r.done <- err
 	}
+}
+
+// exec sends one pipeline for live and returns its commands, in order.
+func (p *publisher) exec(live []*pubReq, cmds []goredis.Cmder) ([]goredis.Cmder, error) {
+	pipe := p.b.client.Pipeline()
+	for _, r := range live {
+		switch {
+		case r.key != "":
+			pub := "PUBLISH"
+			if p.b.sharded {
+				pub = "SPUBLISH"
+			}
+			cmds = append(cmds, publishScript.EvalSha(p.b.ctx, pipe, []string{r.key},
+				r.channel, r.payload, p.b.opts.MaxLen, p.b.opts.MaxAge.Milliseconds(), pub))
+		case p.b.sharded:
+			cmds = append(cmds, pipe.SPublish(p.b.ctx, r.channel, r.payload))
+		default:
+			cmds = append(cmds, pipe.Publish(p.b.ctx, r.channel, r.payload))
+		}
+	}
+	_, err := pipe.Exec(p.b.ctx)
+	return cmds, err
 }
 
 // drain fails whatever is still queued once the backplane closes.

@@ -31,6 +31,14 @@ const (
 	// published while a node is cut off from Redis are lost to that node,
 	// and the loss is reported as an Event with Gap set.
 	ModePubSub Mode = "pubsub"
+
+	// ModeStreams keeps a capped log (a Redis stream) per channel and uses
+	// pub/sub only as the wake-up. A node cut off from Redis catches up from
+	// the logs when it comes back, in order and without duplicates, and
+	// reports a gap only when retention dropped what it missed. Every
+	// message has an offset in its channel, and clients can resume from one
+	// (see backplane.Log).
+	ModeStreams Mode = "streams"
 )
 
 // Options configure a Backplane. The zero value of every field selects the
@@ -69,6 +77,15 @@ type Options struct {
 	// MaxBatch is the most commands in one publish pipeline. Default 256.
 	MaxBatch int
 
+	// MaxLen is, in ModeStreams, how many messages each channel's log keeps
+	// at least; Redis trims in whole blocks, so a log may hold up to about
+	// 100 more. Default 1000.
+	MaxLen int
+
+	// MaxAge is, in ModeStreams, how long messages are kept; a channel's log
+	// expires MaxAge after its last message. Default 5 minutes.
+	MaxAge time.Duration
+
 	// Logger receives the backplane's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -81,13 +98,14 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.Mode == "" {
 		c.Mode = ModePubSub
 	}
-	if c.Mode != ModePubSub {
+	if c.Mode != ModePubSub && c.Mode != ModeStreams {
 		return c, fmt.Errorf("%w: unknown mode %q", ErrInvalidOptions, c.Mode)
 	}
 	if c.Prefix == "" {
 		c.Prefix = "wshub:"
 	}
-	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.Shards < 0 || c.Pipelines < 0 || c.MaxBatch < 0 {
+	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.Shards < 0 || c.Pipelines < 0 || c.MaxBatch < 0 ||
+		c.MaxLen < 0 || c.MaxAge < 0 {
 		return c, fmt.Errorf("%w: negative value", ErrInvalidOptions)
 	}
 	if c.ProbeInterval == 0 {
@@ -105,6 +123,12 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 256
 	}
+	if c.MaxLen == 0 {
+		c.MaxLen = 1000
+	}
+	if c.MaxAge == 0 {
+		c.MaxAge = 5 * time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -120,6 +144,8 @@ type Stats struct {
 	Restores      uint64 // times it receives again after a Down
 	Gaps          uint64 // restores after which messages may be missing
 	Resubscribes  uint64 // subscription connections rebuilt
+	Duplicates    uint64 // ModeStreams: messages dropped as already delivered
+	CaughtUp      uint64 // ModeStreams: messages delivered from the logs after an outage
 }
 
 // Backplane is a wshub backplane on Redis pub/sub. Make one per node with
@@ -149,6 +175,7 @@ type Backplane struct {
 	started bool
 	closed  bool
 	handler backplane.Handler
+	atH     backplane.OffsetHandler // set by StartWithOffsets
 	notify  func(backplane.Event)
 	subs    map[int]*subscriber // by shard; shard 0 without a cluster
 	down    int                 // subscribers currently down
@@ -157,6 +184,7 @@ type Backplane struct {
 	stats struct {
 		published, publishErrors, received  atomic.Uint64
 		downs, restores, gaps, resubscribes atomic.Uint64
+		duplicates, caughtUp                atomic.Uint64
 	}
 }
 
@@ -164,6 +192,7 @@ var (
 	_ backplane.Backplane = (*Backplane)(nil)
 	_ backplane.Notifier  = (*Backplane)(nil)
 	_ backplane.Checker   = (*Backplane)(nil)
+	_ backplane.Log       = (*Backplane)(nil)
 )
 
 // New returns a backplane on client. It does no I/O: the connections are
@@ -215,6 +244,20 @@ func (b *Backplane) Start(h backplane.Handler) error {
 	if h == nil {
 		return errors.New("redis backplane: nil handler")
 	}
+	return b.start(h, nil)
+}
+
+// StartWithOffsets is Start with a handler that also receives each
+// message's offset in its channel. In ModePubSub messages have no offset
+// and the handler gets an empty one.
+func (b *Backplane) StartWithOffsets(h backplane.OffsetHandler) error {
+	if h == nil {
+		return errors.New("redis backplane: nil handler")
+	}
+	return b.start(func(ch string, p []byte) { h(ch, "", p) }, h)
+}
+
+func (b *Backplane) start(h backplane.Handler, atH backplane.OffsetHandler) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
@@ -224,7 +267,7 @@ func (b *Backplane) Start(h backplane.Handler) error {
 		return backplane.ErrStarted
 	}
 	b.started = true
-	b.handler = h
+	b.handler, b.atH = h, atH
 	if !b.sharded {
 		b.subscriberLocked(0)
 	}
@@ -245,7 +288,13 @@ func (b *Backplane) Publish(ctx context.Context, channel string, payload []byte)
 	if b.isClosed() {
 		return backplane.ErrClosed
 	}
-	return b.pub.publish(ctx, b.redisChannel(channel), payload)
+	sh := b.shard(channel)
+	pre := b.shardPrefix(sh)
+	key := ""
+	if b.opts.Mode == ModeStreams {
+		key = pre + "log:" + channel
+	}
+	return b.pub.publish(ctx, pre+channel, key, payload)
 }
 
 // Subscribe adds channels to this node's interest and returns once Redis
@@ -349,6 +398,8 @@ func (b *Backplane) Stats() Stats {
 		Restores:      b.stats.restores.Load(),
 		Gaps:          b.stats.gaps.Load(),
 		Resubscribes:  b.stats.resubscribes.Load(),
+		Duplicates:    b.stats.duplicates.Load(),
+		CaughtUp:      b.stats.caughtUp.Load(),
 	}
 }
 
@@ -465,6 +516,17 @@ func (b *Backplane) deliver(s *subscriber, redisChannel, payload string) {
 	ch := strings.TrimPrefix(redisChannel, s.prefix)
 	b.stats.received.Add(1)
 	b.handler(ch, []byte(payload))
+}
+
+// deliverAt hands a logged message and its offset to the handler.
+func (b *Backplane) deliverAt(s *subscriber, redisChannel, offset, payload string) {
+	ch := strings.TrimPrefix(redisChannel, s.prefix)
+	b.stats.received.Add(1)
+	if b.atH != nil {
+		b.atH(ch, offset, []byte(payload))
+	} else {
+		b.handler(ch, []byte(payload))
+	}
 }
 
 // setDown records that s stopped receiving, and reports the first such

@@ -60,7 +60,10 @@ type subscriber struct {
 	// probeSent is when the oldest unanswered probe was published; zero
 	// when none is outstanding.
 	probeSent time.Time
-	lastErr   error
+	// last is, in ModeStreams, the position of each held channel in its
+	// log: the last entry delivered, or where the log ended on Subscribe.
+	last    map[string]position
+	lastErr error
 	closed    bool
 	kill      chan struct{} // closed to end the current generation
 }
@@ -83,6 +86,7 @@ func newSubscriber(b *Backplane, shard int) *subscriber {
 		waiters:    make(map[string][]*waiter),
 		unsubSent:  make(map[string]uint64),
 		unsubAcked: make(map[string]uint64),
+		last:       make(map[string]position),
 		kill:       make(chan struct{}),
 	}
 }
@@ -232,9 +236,21 @@ func (s *subscriber) onMessage(m *goredis.Message) {
 	}
 	_, ok := s.want[m.Channel]
 	s.mu.Unlock()
-	if ok {
-		s.b.deliver(s, m.Channel, m.Payload)
+	if !ok {
+		return
 	}
+	if s.b.opts.Mode == ModeStreams {
+		id, payload, ok := splitWakeUp(m.Payload)
+		if !ok {
+			// Not a wake-up: published by someone else. Let the hub
+			// count it as malformed.
+			s.b.deliver(s, m.Channel, m.Payload)
+			return
+		}
+		s.deliverEntry(m.Channel, id, payload)
+		return
+	}
+	s.b.deliver(s, m.Channel, m.Payload)
 }
 
 func (s *subscriber) onSubscription(m *goredis.Subscription) error {
@@ -284,6 +300,12 @@ func (s *subscriber) onUp() {
 	s.up = true
 	s.probeSent = time.Time{}
 	wasDown, gap := s.isDown, s.everUp
+	s.mu.Unlock()
+	if s.b.opts.Mode == ModeStreams && gap {
+		// Deliver what was missed before anything live.
+		gap = s.catchUp()
+	}
+	s.mu.Lock()
 	s.isDown = false
 	s.everUp = true
 	s.lastErr = nil
@@ -354,6 +376,11 @@ func (s *subscriber) endGeneration(err error) bool {
 // subscribe adds names (Redis channels of this shard) and waits for their
 // confirmation. On failure the names this call added are dropped again.
 func (s *subscriber) subscribe(ctx context.Context, names []string) error {
+	if s.b.opts.Mode == ModeStreams {
+		if err := s.startPositions(ctx, names); err != nil {
+			return err
+		}
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -436,6 +463,7 @@ func (s *subscriber) unsubscribe(ctx context.Context, names []string) {
 			continue
 		}
 		delete(s.want, ch)
+		delete(s.last, ch)
 		drop = append(drop, ch)
 		// A Subscribe still waiting for ch is overtaken by this call.
 		for _, w := range s.waiters[ch] {
@@ -500,7 +528,7 @@ func (s *subscriber) probe(now time.Time, seq uint64) {
 		defer s.b.wg.Done()
 		ctx, cancel := context.WithTimeout(s.b.ctx, s.b.opts.ProbeInterval)
 		defer cancel()
-		_ = s.b.pub.publish(ctx, s.probeC, []byte(strconv.FormatUint(seq, 10)))
+		_ = s.b.pub.publish(ctx, s.probeC, "", []byte(strconv.FormatUint(seq, 10)))
 	}()
 }
 

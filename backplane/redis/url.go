@@ -22,9 +22,9 @@ func init() {
 //
 //	redis://[user:password@]host:port[/db][?option=value&...]
 //
-// The options of this package are query parameters: mode (pubsub),
-// prefix, probe_interval, probe_timeout (durations such as 500ms), shards,
-// pipelines and max_batch. cluster=true connects to a Redis Cluster, with
+// The options of this package are query parameters: mode (pubsub or
+// streams), prefix, probe_interval, probe_timeout (durations such as
+// 500ms), shards, pipelines, max_batch, and for streams max_len and max_age. cluster=true connects to a Redis Cluster, with
 // more seed nodes given as addr=host:port parameters. Every other parameter
 // goes to go-redis (ParseURL or ParseClusterURL), for example
 // dial_timeout=2s or pool_size=20.
@@ -93,6 +93,8 @@ func parseQuery(u *url.URL) (*Options, *url.URL, bool, error) {
 	take("shards", num(&o.Shards))
 	take("pipelines", num(&o.Pipelines))
 	take("max_batch", num(&o.MaxBatch))
+	take("max_len", num(&o.MaxLen))
+	take("max_age", dur(&o.MaxAge))
 	take("cluster", func(v string) (err error) { cluster, err = strconv.ParseBool(v); return err })
 	if err != nil {
 		return nil, nil, false, err
