@@ -36,6 +36,7 @@ const (
 type Hub struct {
 	opts     Options
 	log      *slog.Logger
+	replay   backplane.Log // the backplane, when it keeps logs for resume
 	bp       backplane.Backplane
 	ownBP    bool
 	inbox    string
@@ -104,7 +105,12 @@ func New(opts *Options) (*Hub, error) {
 	if n, ok := h.bp.(backplane.Notifier); ok {
 		n.Notify(h.onBackplaneEvent)
 	}
-	if err := h.bp.Start(h.receive); err != nil {
+	start := func() error { return h.bp.Start(h.receive) }
+	if l, ok := h.bp.(backplane.Log); ok {
+		h.replay = l
+		start = func() error { return l.StartWithOffsets(h.receiveAt) }
+	}
+	if err := start(); err != nil {
 		if h.ownBP {
 			_ = h.bp.Close()
 		}
@@ -189,6 +195,10 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s := h.newSession(r, userID)
+	var since map[string]string
+	if s.positions, since = parseResume(r); since != nil {
+		s.startResume(since)
+	}
 	if err := h.register(r.Context(), s); err != nil {
 		s.cancel()
 		s.stopHubLink()
@@ -222,6 +232,10 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.stats.accepted.Add(1)
+	if since != nil {
+		s.wg.Add(1)
+		go s.resume(h.replay)
+	}
 	s.serve(conn, cw.conn)
 }
 
@@ -529,6 +543,11 @@ func (h *Hub) Disconnect(ctx context.Context, userID string, code StatusCode, re
 // receive is the backplane handler: it decodes an envelope and hands it to
 // the local sessions it names. It never blocks on a socket.
 func (h *Hub) receive(channel string, payload []byte) {
+	h.receiveAt(channel, "", payload)
+}
+
+// receiveAt is receive for a message with its offset in channel's log.
+func (h *Hub) receiveAt(channel, off string, payload []byte) {
 	e, err := envelope.Decode(payload)
 	if err != nil {
 		h.stats.malformed.Add(1)
@@ -542,17 +561,17 @@ func (h *Hub) receive(channel string, payload []byte) {
 	switch e.Op {
 	case envelope.OpUser:
 		h.mu.RLock()
-		h.fanOut(h.users[e.Target], msg, "")
+		h.fanOut(h.users[e.Target], msg, "", channel, off)
 		h.mu.RUnlock()
 	case envelope.OpTopic:
 		h.mu.RLock()
-		h.fanOut(h.topics[e.Target], msg, e.Arg)
+		h.fanOut(h.topics[e.Target], msg, e.Arg, channel, off)
 		h.mu.RUnlock()
 	case envelope.OpSession:
 		h.mu.RLock()
 		s := h.sessions[e.Target]
 		h.mu.RUnlock()
-		if s != nil && s.enqueue(msg) {
+		if s != nil && s.deliver(msg, channel, "") {
 			h.stats.delivered.Add(1)
 		}
 	case envelope.OpJoin, envelope.OpLeave:
@@ -594,12 +613,13 @@ func (h *Hub) receive(channel string, payload []byte) {
 	}
 }
 
-// fanOut queues msg to every session in set but the one with ID except.
-// The caller holds h.mu for reading.
-func (h *Hub) fanOut(set map[*Session]struct{}, msg outMsg, except string) {
+// fanOut queues msg, which came on channel with offset off, to every
+// session in set but the one with ID except. The caller holds h.mu for
+// reading.
+func (h *Hub) fanOut(set map[*Session]struct{}, msg outMsg, except, channel, off string) {
 	var n uint64
 	for s := range set {
-		if s.id != except && s.enqueue(msg) {
+		if s.id != except && s.deliver(msg, channel, off) {
 			n++
 		}
 	}

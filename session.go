@@ -45,6 +45,11 @@ type Session struct {
 	pingTimer   *time.Timer
 	wg          sync.WaitGroup // writer, closer and ping goroutines
 
+	// positions is set for a connection that asked for the positions
+	// framing (see resume.go), before the session can receive anything.
+	positions bool
+	rs        *resumeState // a resume in progress, guarded by mu
+
 	stopHubLink func() bool  // unlinks ctx from the hub's lifetime
 	inHook      atomic.Bool  // OnMessage is running: nobody reads pongs
 	reads       atomic.Int64 // messages read, as proof of life for pings

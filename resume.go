@@ -1,0 +1,247 @@
+package wshub
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/wshub/wshub/backplane"
+	"github.com/wshub/wshub/internal/envelope"
+)
+
+// Query parameters of the upgrade request that opt a connection into
+// positions and resume. See the package documentation ("Resume").
+const (
+	// PositionsParam asks for the positions framing: every message the
+	// hub sends is "<head>\n<payload>", where head is "<offset> <channel>"
+	// for a message of a backplane that keeps logs, empty for others, and
+	// "!recovered <channel>" or "!not-recovered <channel>" after a resume.
+	PositionsParam = "wshub_positions"
+	// SinceParam, repeated, gives the head of the last message the client
+	// received on a channel: "<offset> <channel>". The hub sends what the
+	// client missed on that channel before anything newer, or tells it
+	// "!not-recovered". It implies PositionsParam.
+	SinceParam = "wshub_since"
+)
+
+// resumeState is a session's resume in progress, guarded by Session.mu.
+// Live messages of a channel being recovered wait in pending until the
+// recovered ones are queued.
+type resumeState struct {
+	since   map[string]string // channel → offset to resume after
+	pending map[string][]pendingMsg
+	// floor is, per recovered channel, the last offset recovery queued:
+	// the live copy of a message recovery already read from the log may
+	// arrive later, and is dropped.
+	floor map[string]string
+}
+
+type pendingMsg struct {
+	m   outMsg
+	off string
+}
+
+// parseResume reads the resume parameters of an upgrade request.
+func parseResume(r *http.Request) (positions bool, since map[string]string) {
+	q := r.URL.Query()
+	for _, v := range q[SinceParam] {
+		off, esc, ok := strings.Cut(v, " ")
+		ch, err := url.PathUnescape(esc)
+		if !ok || off == "" || err != nil || ch == "" {
+			continue
+		}
+		if since == nil {
+			since = make(map[string]string)
+		}
+		since[ch] = off
+	}
+	return q.Get(PositionsParam) != "" || since != nil, since
+}
+
+// head returns the positions framing's head for a message.
+func head(off, channel string) string {
+	if off == "" {
+		return ""
+	}
+	return off + " " + url.PathEscape(channel)
+}
+
+// frame puts the positions head in front of data.
+func frame(h string, data []byte) []byte {
+	b := make([]byte, 0, len(h)+1+len(data))
+	b = append(b, h...)
+	b = append(b, '\n')
+	return append(b, data...)
+}
+
+// deliver queues a message of channel (with its offset in the channel's
+// log, if any) to s, in the positions framing if s asked for it, and holds
+// it back while s recovers that channel.
+func (s *Session) deliver(m outMsg, channel, off string) bool {
+	if !s.positions {
+		return s.enqueue(m)
+	}
+	m.data = frame(head(off, channel), m.data)
+	if off != "" {
+		s.mu.Lock()
+		if rs := s.rs; rs != nil {
+			if _, ok := rs.pending[channel]; ok {
+				rs.pending[channel] = append(rs.pending[channel], pendingMsg{m, off})
+				s.mu.Unlock()
+				return true
+			}
+			if f, ok := rs.floor[channel]; ok && off <= f {
+				s.mu.Unlock()
+				return false // recovered already
+			}
+		}
+		s.mu.Unlock()
+	}
+	return s.enqueue(m)
+}
+
+// startResume prepares s to recover the channels in since: from now on,
+// live messages of those channels wait until recovery has queued what the
+// client missed. It must run before s can receive anything.
+func (s *Session) startResume(since map[string]string) {
+	rs := &resumeState{
+		since:   since,
+		pending: make(map[string][]pendingMsg, len(since)),
+		floor:   make(map[string]string, len(since)),
+	}
+	for ch := range since {
+		rs.pending[ch] = nil
+	}
+	s.rs = rs
+}
+
+// resume recovers, one channel after another, what the client missed, and
+// then releases the live messages held back. It runs in its own goroutine,
+// owned by s.wg, and ends with the session. The resume state stays, to
+// drop late live copies of recovered messages.
+func (s *Session) resume(log backplane.Log) {
+	defer s.wg.Done()
+	s.mu.Lock()
+	rs := s.rs
+	s.mu.Unlock()
+	if rs == nil {
+		return
+	}
+	held := make(map[string]bool)
+	held[userPrefix+s.userID] = true
+	for _, t := range s.Topics() {
+		held[topicPrefix+t] = true
+	}
+	for ch, off := range rs.since {
+		ok, last := false, off
+		if held[ch] && log != nil {
+			ok, last = s.recover(log, ch, off)
+		}
+		status := "!recovered "
+		if !ok {
+			status = "!not-recovered "
+			last = ""
+		}
+		if s.ctx.Err() != nil {
+			return
+		}
+		s.release(ch, status+url.PathEscape(ch), last)
+	}
+}
+
+// recover queues the messages of ch after off, page by page, without
+// overflowing the send queue. It reports whether the log still had them,
+// and the offset of the last one queued.
+func (s *Session) recover(log backplane.Log, ch, off string) (bool, string) {
+	page := max(1, min(256, s.hub.opts.SendQueueLen/2))
+	last := off
+	for {
+		entries, err := log.Read(s.ctx, ch, last, page)
+		if err != nil {
+			if !errors.Is(err, backplane.ErrNotRetained) && s.ctx.Err() == nil {
+				s.hub.log.Warn("wshub: resume read failed", "session", s.id, "channel", ch, "err", err)
+			}
+			return false, last
+		}
+		for _, e := range entries {
+			last = e.Offset
+			m, ok := s.recovered(ch, e)
+			if ok && s.enqueue(m) {
+				s.hub.stats.delivered.Add(1)
+			}
+		}
+		if len(entries) < page {
+			return true, last
+		}
+		if !s.waitRoom(page) {
+			return false, last
+		}
+	}
+}
+
+// recovered turns a log entry into the message the client should get: data
+// messages only, never control operations such as Disconnect.
+func (s *Session) recovered(ch string, e backplane.Entry) (outMsg, bool) {
+	env, err := envelope.Decode(e.Payload)
+	if err != nil || (env.Op != envelope.OpUser && env.Op != envelope.OpTopic) {
+		return outMsg{}, false
+	}
+	m := outMsg{typ: websocket.MessageText, data: frame(head(e.Offset, ch), env.Payload)}
+	if env.Flags&envelope.FlagBinary != 0 {
+		m.typ = websocket.MessageBinary
+	}
+	return m, true
+}
+
+// waitRoom waits until the send queue has room for n more messages, or the
+// session ends.
+func (s *Session) waitRoom(n int) bool {
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		room := len(s.queue)+n <= s.hub.opts.SendQueueLen
+		s.mu.Unlock()
+		if room {
+			return true
+		}
+		select {
+		case <-s.ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+// release queues a status message for ch, then the live messages held
+// back that are newer than last (the last offset recovery queued; empty
+// when it queued nothing usable), and then lets later ones through.
+func (s *Session) release(ch, status, last string) {
+	_ = s.enqueue(outMsg{typ: websocket.MessageText, data: frame(status, nil)})
+	for {
+		s.mu.Lock()
+		pend := s.rs.pending[ch]
+		if len(pend) == 0 {
+			// Nothing slipped in since the last round: from now on live
+			// messages of ch go straight to the queue, after these,
+			// unless recovery queued them already.
+			delete(s.rs.pending, ch)
+			if last != "" {
+				s.rs.floor[ch] = last
+			}
+			s.mu.Unlock()
+			return
+		}
+		s.rs.pending[ch] = pend[:0:0]
+		s.mu.Unlock()
+		for _, p := range pend {
+			if p.off > last && s.enqueue(p.m) {
+				s.hub.stats.delivered.Add(1)
+			}
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package wshub
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wshub/wshub/backplane"
+	wsredis "github.com/wshub/wshub/backplane/redis"
+	"github.com/wshub/wshub/internal/redistest"
+)
+
+// streamsNodes starts n hubs in ModeStreams on srv; every session joins
+// topic "room" in OnConnect.
+func streamsNodes(t *testing.T, srv *redistest.Server, n int, bo wsredis.Options) *cluster {
+	t.Helper()
+	prefix := "resume-" + randomHex() + ":"
+	return newClusterOn(t, n, func(i int, o *Options) {
+		o.SendQueueLen = 4096
+		o.OnConnect = func(ctx context.Context, s *Session) error { return s.Join(ctx, "room") }
+	}, func(t *testing.T, name string) (backplane.Backplane, func() uint64) {
+		client := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+		t.Cleanup(func() { _ = client.Close() })
+		o := bo
+		o.Mode, o.Prefix, o.Logger = wsredis.ModeStreams, prefix, quiet
+		bp, err := wsredis.New(client, &o)
+		require.NoError(t, err)
+		return bp, func() uint64 { return bp.Stats().Received }
+	})
+}
+
+// dialResume connects user to n with the positions framing, resuming after
+// the given heads.
+func dialResume(t *testing.T, n *node, user string, since ...string) *client {
+	t.Helper()
+	q := url.Values{"user": {user}, PositionsParam: {"1"}}
+	for _, h := range since {
+		q.Add(SinceParam, h)
+	}
+	ctx, cancel := context.WithTimeout(bg, waitFor)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, wsURL(n.srv)+"/ws?"+q.Encode(), nil)
+	require.NoError(t, err)
+	conn.SetReadLimit(-1)
+	c := &client{t: t, conn: conn, msgs: make(chan Message, 100000), done: make(chan struct{})}
+	t.Cleanup(func() { _ = conn.CloseNow() })
+	c.startReading()
+	return c
+}
+
+// nextFramed returns the head and payload of the next message.
+func (c *client) nextFramed() (head, payload string) {
+	c.t.Helper()
+	m := c.next()
+	head, payload, ok := strings.Cut(string(m.Data), "\n")
+	require.True(c.t, ok, "message without a head: %q", m.Data)
+	return head, payload
+}
+
+func TestResumeOnAnotherNodeGetsExactlyWhatWasMissed(t *testing.T) {
+	srv := redistest.Start(t)
+	c := streamsNodes(t, srv, 2, wsredis.Options{})
+	a, b := c.nodes[0], c.nodes[1]
+
+	first := dialResume(t, a, "alice")
+	c.waitJoined("alice", "room", true)
+	var last string
+	for i := 0; i < 10; i++ {
+		require.NoError(t, b.hub.Broadcast(bg, "room", Text(fmt.Sprint(i))))
+	}
+	for i := 0; i < 10; i++ {
+		h, p := first.nextFramed()
+		require.Equal(t, fmt.Sprint(i), p)
+		require.True(t, strings.HasSuffix(h, " t:room"), "head %q", h)
+		last = h
+	}
+	require.NoError(t, first.conn.Close(websocket.StatusNormalClosure, ""))
+	require.Eventually(t, func() bool { return len(a.sessions("alice")) == 0 }, waitFor, time.Millisecond)
+
+	// 500 messages pass while alice is away.
+	for i := 10; i < 510; i++ {
+		require.NoError(t, b.hub.Broadcast(bg, "room", Text(fmt.Sprint(i))))
+	}
+	// She comes back on the other node; live traffic goes on meanwhile.
+	again := dialResume(t, b, "alice", last)
+	live := make(chan error, 1)
+	go func() {
+		for i := 510; i < 530; i++ {
+			if err := a.hub.Broadcast(bg, "room", Text(fmt.Sprint(i))); err != nil {
+				live <- err
+				return
+			}
+		}
+		live <- nil
+	}()
+	next := 10
+	recovered := false
+	prev := last
+	for next < 530 {
+		h, p := again.nextFramed()
+		if strings.HasPrefix(h, "!") {
+			require.Equal(t, "!recovered t:room", h, "after %d messages", next)
+			require.False(t, recovered, "recovered twice")
+			require.GreaterOrEqual(t, next, 510, "recovered before all missed messages came")
+			recovered = true
+			continue
+		}
+		require.Equal(t, fmt.Sprint(next), p, "in order, no gap, no duplicate")
+		require.Greater(t, h, prev, "offsets grow")
+		prev = h
+		next++
+	}
+	if !recovered { // recovery read even the live messages from the log
+		h, _ := again.nextFramed()
+		require.Equal(t, "!recovered t:room", h)
+	}
+	require.NoError(t, <-live)
+}
+
+func TestResumeTooOldIsNotRecovered(t *testing.T) {
+	srv := redistest.Start(t)
+	c := streamsNodes(t, srv, 1, wsredis.Options{MaxLen: 10})
+	n := c.nodes[0]
+	first := dialResume(t, n, "bob")
+	c.waitJoined("bob", "room", true)
+	require.NoError(t, n.hub.Broadcast(bg, "room", Text("old")))
+	h, _ := first.nextFramed()
+	require.NoError(t, first.conn.Close(websocket.StatusNormalClosure, ""))
+	require.Eventually(t, func() bool { return len(n.sessions("bob")) == 0 }, waitFor, time.Millisecond)
+	for i := 0; i < 1000; i++ { // far beyond what the log keeps
+		require.NoError(t, n.hub.Broadcast(bg, "room", Text("missed")))
+	}
+
+	again := dialResume(t, n, "bob", h, "0000000000000001-0000000000000000 t:elsewhere")
+	status := map[string]bool{}
+	for len(status) < 2 {
+		h, _ := again.nextFramed()
+		require.True(t, strings.HasPrefix(h, "!"), "a missed message came: %q", h)
+		status[h] = true
+	}
+	assert.True(t, status["!not-recovered t:room"], "%v", status)
+	assert.True(t, status["!not-recovered t:elsewhere"], "a channel the session does not hold: %v", status)
+	require.NoError(t, n.hub.Broadcast(bg, "room", Text("live")))
+	_, p := again.nextFramed()
+	assert.Equal(t, "live", p)
+}
+
+func TestPositionsFramingWithoutALog(t *testing.T) {
+	c := newCluster(t, 1, func(i int, o *Options) {
+		o.OnConnect = func(ctx context.Context, s *Session) error { return s.Join(ctx, "room") }
+	})
+	n := c.nodes[0]
+	cl := dialResume(t, n, "carol", "0000000000000001-0000000000000000 t:room")
+	h, _ := cl.nextFramed()
+	assert.Equal(t, "!not-recovered t:room", h, "the memory backplane keeps no log")
+	require.NoError(t, n.hub.Send(bg, "carol", Binary([]byte{0, 1, 2})))
+	m := cl.next()
+	assert.Equal(t, MessageBinary, m.Type)
+	assert.Equal(t, []byte{'\n', 0, 1, 2}, m.Data, "an empty head: no offset")
+
+	plain := dial(t, n, "dave")
+	require.NoError(t, n.hub.Send(bg, "dave", Text("as is")))
+	assert.Equal(t, "as is", plain.nextText(), "without the parameter, messages are unchanged")
+}
