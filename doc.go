@@ -38,9 +38,27 @@
 // Delivery is at most once. On the memory backplane nothing is lost while the
 // process lives; messages from one publisher to one user, topic or session
 // arrive in the order they were sent. A backplane that loses its link reports
-// it through Options.OnBackplaneEvent and Stats, never silently. The package
-// backplane/memory can cut a node off, delay or drop its traffic, so that an
-// application can test how it behaves.
+// it through Options.OnBackplaneEvent and Stats, never silently, and
+// Hub.Health says whether the node delivers now. The package backplane/memory
+// can cut a node off, delay or drop its traffic, so that an application can
+// test how it behaves. On Redis, pub/sub mode is at most once with every
+// outage reported; Streams mode loses nothing while a node is cut off, within
+// its retention (package backplane/redis).
+//
+// # Resume
+//
+// On a backplane that keeps a log per channel (backplane.Log, such as Redis in
+// Streams mode) a client can resume where it left off. It opts in with the
+// query parameter wshub_positions=1 (PositionsParam) on the upgrade request;
+// every message it gets is then "<head>\n<payload>", where head is
+// "<offset> <channel>" for user and topic messages and empty for others. When
+// it reconnects, to any node, it repeats the parameter wshub_since
+// (SinceParam) with the last head it saw on each channel. For each channel the
+// session holds once OnConnect has run, the hub queues what the client missed,
+// read from the log page by page, then the head "!recovered <channel>", then
+// live messages, with no duplicates; or "!not-recovered <channel>" when the
+// log no longer has what it missed, so that the application reloads its state.
+// Control operations (Join, Leave, Disconnect) are never replayed.
 //
 // # Sessions and slow clients
 //

@@ -23,6 +23,27 @@
 // subscription connection per node (per shard with a cluster); Subscribe
 // returns when Redis has confirmed every channel.
 //
+// # Streams
+//
+// In ModeStreams (URL parameter mode=streams) every channel has a capped
+// Redis stream as its log, trimmed to Options.MaxLen entries and MaxAge, and
+// expiring MaxAge after its last message. A publish is one script that
+// appends to the log and publishes a wake-up with the entry's ID and the
+// payload, so live delivery needs no extra read and wake-ups arrive in log
+// order. Every message has an offset in its channel.
+//
+// A node whose subscription connection was lost catches up from the logs
+// before it delivers anything live: from the last entry it delivered on each
+// channel (or where the log ended when it subscribed), page by page, dropping
+// live copies of what it read. EventRestored has Gap set only when a log no
+// longer held everything the node missed. Backplane.Read serves clients that
+// resume from an offset (see the wshub package, "Resume"), in pages, and
+// returns backplane.ErrNotRetained when retention dropped what they missed.
+//
+// Redis 7 gives a new stream a 4 KB block, so each channel with a live log
+// costs about 4.7 KB of Redis memory, plus roughly 90 bytes per retained
+// small message.
+//
 // # Faults
 //
 // When the subscription connection fails, or the node's probe (a message it
