@@ -2,7 +2,6 @@ package wshub
 
 import (
 	"bufio"
-	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -25,13 +24,24 @@ type corkConn struct {
 	mu      sync.Mutex
 	corked  bool
 	buf     []byte
-	timeout time.Duration // while corked, each real write must progress within it
+	timeout time.Duration // each real write may make no progress for this long; 0 before the first arm
+	// deadline is the socket's write deadline. It is set lazily: a write
+	// moves it only when less than timeout is left, to timeout+timeout/4
+	// from now, so that a stalled write fails after between timeout and
+	// 1.25 × timeout while a busy socket sets it once per timeout/4 rather
+	// than twice per batch (each set is a timer update in the runtime).
+	deadline time.Time
 }
 
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.corked {
+		// Frames the library writes on its own (pongs, close) and the
+		// messages of a one-message batch, which need no corking.
+		if err := c.armLocked(); err != nil {
+			return 0, err
+		}
 		return c.Conn.Write(p)
 	}
 	if len(c.buf)+len(p) > corkLimit {
@@ -41,7 +51,7 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		if len(p) > corkLimit {
 			n, err := c.Conn.Write(p)
 			if err == nil {
-				err = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+				err = c.armLocked()
 			}
 			return n, err
 		}
@@ -50,24 +60,49 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// cork starts buffering writes; until uncork, each real write must finish
-// within timeout of the previous one.
+// armLocked makes sure the socket's write deadline leaves at least
+// c.timeout from now (none before the first arm).
+func (c *corkConn) armLocked() error {
+	if c.timeout <= 0 {
+		return nil
+	}
+	now := time.Now()
+	if !c.deadline.IsZero() && c.deadline.Sub(now) >= c.timeout {
+		return nil
+	}
+	d := now.Add(c.timeout + c.timeout/4)
+	if err := c.Conn.SetWriteDeadline(d); err != nil {
+		return err
+	}
+	c.deadline = d
+	return nil
+}
+
+// arm bounds the writes that follow, uncorked, by timeout without
+// progress.
+func (c *corkConn) arm(timeout time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.timeout = timeout
+	return c.armLocked()
+}
+
+// cork starts buffering writes; until uncork, each real write must make
+// progress within timeout (see deadline).
 func (c *corkConn) cork(timeout time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked, c.timeout = true, timeout
-	return c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	return c.armLocked()
 }
 
-// uncork writes what was buffered and stops buffering.
+// uncork writes what was buffered and stops buffering. The write deadline
+// stays: every later write refreshes it before it could get in the way.
 func (c *corkConn) uncork() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
 	err := c.flushLocked()
-	if derr := c.Conn.SetWriteDeadline(time.Time{}); err == nil && derr != nil && !errors.Is(derr, net.ErrClosed) {
-		err = derr
-	}
 	if cap(c.buf) > corkLimit*2 {
 		c.buf = nil
 	}
@@ -85,6 +120,7 @@ const closeFlushWait = 100 * time.Millisecond
 func (c *corkConn) Close() error {
 	if c.mu.TryLock() {
 		if len(c.buf) > 0 {
+			c.corked = false
 			_ = c.Conn.SetWriteDeadline(time.Now().Add(closeFlushWait))
 			_ = c.flushLocked()
 		}
@@ -102,7 +138,7 @@ func (c *corkConn) flushLocked() error {
 	c.buf = c.buf[:0]
 	if err == nil && c.corked {
 		// Progress: the next write of this batch gets a full timeout.
-		err = c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+		err = c.armLocked()
 	}
 	return err
 }

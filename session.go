@@ -275,16 +275,26 @@ func (s *Session) writeLoop() {
 }
 
 // writeBatch writes batch with the socket corked: one system call at the end
-// (more for a batch over corkLimit), all of it bounded by WriteTimeout. The
+// (more for a batch over corkLimit), all of it bounded by WriteTimeout; a
+// batch of one message is written uncorked, in the same one call. The
 // messages are written with a context that never ends, which spares the
 // websocket library a timer per message; the socket's write deadline bounds
 // them instead.
 func (s *Session) writeBatch(batch []outMsg) error {
 	var err error
+	ctx := context.Background()
+	if s.cork != nil && len(batch) == 1 {
+		// One message: the library's one flush is the one system call,
+		// so there is nothing to cork.
+		if err = s.cork.arm(s.hub.opts.WriteTimeout); err == nil {
+			err = s.conn.Write(ctx, batch[0].typ, batch[0].data)
+		}
+		batch[0] = outMsg{}
+		return err
+	}
 	if s.cork != nil {
 		err = s.cork.cork(s.hub.opts.WriteTimeout)
 	}
-	ctx := context.Background()
 	if s.cork == nil {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)

@@ -97,7 +97,7 @@ func (p *publisher) recycle(r *pubReq) {
 func (p *publisher) run() {
 	defer p.wg.Done()
 	batch := make([]*pubReq, 0, p.b.opts.MaxBatch)
-	cmds := make([]goredis.Cmder, 0, p.b.opts.MaxBatch)
+	pb := &pipeBuf{cmds: make([]goredis.Cmder, 0, p.b.opts.MaxBatch)}
 	for {
 		var first *pubReq
 		select {
@@ -116,14 +116,14 @@ func (p *publisher) run() {
 				break fill
 			}
 		}
-		p.send(batch, cmds[:0])
+		p.send(batch, pb)
 		clear(batch)
 	}
 }
 
 // send publishes the requests that their callers still wait for in one
 // pipeline and hands each caller its result.
-func (p *publisher) send(batch []*pubReq, cmds []goredis.Cmder) {
+func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 	live := batch[:0]
 	for _, r := range batch {
 		if r.state.CompareAndSwap(reqQueued, reqTaken) {
@@ -133,14 +133,15 @@ func (p *publisher) send(batch []*pubReq, cmds []goredis.Cmder) {
 	if len(live) == 0 {
 		return
 	}
-	cmds, execErr := p.exec(live, cmds)
+	cmds, execErr := p.exec(pb, live)
 	if execErr != nil && p.b.opts.Mode == ModeStreams && goredis.HasErrorPrefix(execErr, "NOSCRIPT") {
 		// Redis restarted or flushed its scripts: load ours and send again.
 		// Nothing was published, since no script ran.
 		if err := publishScript.Load(p.b.ctx, p.b.client).Err(); err == nil {
-			cmds, execErr = p.exec(live, cmds[:0])
+			cmds, execErr = p.exec(pb, live)
 		}
 	}
+	defer pb.release()
 	for i, r := range live {
 		err := cmds[i].Err()
 		if err == nil && execErr != nil {
@@ -162,9 +163,53 @@ func (p *publisher) send(batch []*pubReq, cmds []goredis.Cmder) {
 	}
 }
 
+// pipeBuf is what one pipeline goroutine reuses from batch to batch: the
+// go-redis pipeline and its (S)PUBLISH commands, so that a plain publish
+// allocates no command of its own.
+type pipeBuf struct {
+	pipe goredis.Pipeliner
+	pubs []*goredis.IntCmd // (S)PUBLISH commands; used ones are pubs[:used]
+	used int
+	cmds []goredis.Cmder // the commands of the current batch, in order
+}
+
+// publishCmd returns a reusable (S)PUBLISH command for channel and payload.
+func (pb *pipeBuf) publishCmd(ctx context.Context, sharded bool, channel string, payload []byte) *goredis.IntCmd {
+	if pb.used == len(pb.pubs) {
+		name := "publish"
+		if sharded {
+			name = "spublish"
+		}
+		pb.pubs = append(pb.pubs, goredis.NewIntCmd(ctx, name, "", nil))
+	}
+	cmd := pb.pubs[pb.used]
+	pb.used++
+	args := cmd.Args() // the command's own slice: name, channel, payload
+	args[1], args[2] = channel, payload
+	cmd.SetErr(nil)
+	cmd.SetVal(0)
+	return cmd
+}
+
+// release drops the batch's references to channels and payloads.
+func (pb *pipeBuf) release() {
+	for _, cmd := range pb.pubs[:pb.used] {
+		args := cmd.Args()
+		args[1], args[2] = nil, nil
+	}
+	pb.used = 0
+	clear(pb.cmds)
+	pb.cmds = pb.cmds[:0]
+}
+
 // exec sends one pipeline for live and returns its commands, in order.
-func (p *publisher) exec(live []*pubReq, cmds []goredis.Cmder) ([]goredis.Cmder, error) {
-	pipe := p.b.client.Pipeline()
+func (p *publisher) exec(pb *pipeBuf, live []*pubReq) ([]goredis.Cmder, error) {
+	pb.release()
+	if pb.pipe == nil {
+		pb.pipe = p.b.client.Pipeline()
+	}
+	pipe := pb.pipe
+	cmds := pb.cmds
 	for _, r := range live {
 		switch {
 		case r.key != "":
@@ -174,12 +219,13 @@ func (p *publisher) exec(live []*pubReq, cmds []goredis.Cmder) ([]goredis.Cmder,
 			}
 			cmds = append(cmds, publishScript.EvalSha(p.b.ctx, pipe, []string{r.key},
 				r.channel, r.payload, p.b.opts.MaxLen, p.b.opts.MaxAge.Milliseconds(), pub))
-		case p.b.sharded:
-			cmds = append(cmds, pipe.SPublish(p.b.ctx, r.channel, r.payload))
 		default:
-			cmds = append(cmds, pipe.Publish(p.b.ctx, r.channel, r.payload))
+			cmd := pb.publishCmd(p.b.ctx, p.b.sharded, r.channel, r.payload)
+			_ = pipe.Process(p.b.ctx, cmd)
+			cmds = append(cmds, cmd)
 		}
 	}
+	pb.cmds = cmds
 	_, err := pipe.Exec(p.b.ctx)
 	return cmds, err
 }
