@@ -195,6 +195,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s := h.newSession(r, userID)
+	s.packed = r.URL.Query().Get(BatchParam) != ""
 	var since map[string]string
 	if s.positions, since = parseResume(r); since != nil {
 		s.startResume(since)

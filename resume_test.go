@@ -170,3 +170,58 @@ func TestPositionsFramingWithoutALog(t *testing.T) {
 	require.NoError(t, n.hub.Send(bg, "dave", Text("as is")))
 	assert.Equal(t, "as is", plain.nextText(), "without the parameter, messages are unchanged")
 }
+
+// In the batched framing, queued messages travel packed in binary
+// WebSocket messages that a client splits into the original ones.
+func TestBatchedFraming(t *testing.T) {
+	// OnConnect queues everything before the handshake completes, so the
+	// writer finds it all queued at once.
+	var want []Message
+	for i := 0; i < 3000; i++ {
+		m := Text(fmt.Sprint("m", i))
+		if i%1000 == 999 {
+			m = Binary(make([]byte, 100<<10)) // larger than a packed message: alone
+		}
+		want = append(want, m)
+	}
+	c := newCluster(t, 1, func(i int, o *Options) {
+		o.SendQueueLen = 10000
+		o.OnConnect = func(ctx context.Context, s *Session) error {
+			for _, m := range want {
+				if err := s.Send(m); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	})
+	ctx, cancel := context.WithTimeout(bg, waitFor)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, wsURL(c.nodes[0].srv)+"/ws?user=erin&"+BatchParam+"=1", nil)
+	require.NoError(t, err)
+	conn.SetReadLimit(-1)
+	defer conn.CloseNow()
+
+	var got []Message
+	frames := 0
+	for len(got) < len(want) {
+		typ, data, err := conn.Read(ctx)
+		require.NoError(t, err)
+		require.Equal(t, websocket.MessageBinary, typ)
+		frames++
+		for len(data) > 0 {
+			require.GreaterOrEqual(t, len(data), 5)
+			size := int(data[0])<<24 | int(data[1])<<16 | int(data[2])<<8 | int(data[3])
+			require.LessOrEqual(t, 5+size, len(data))
+			got = append(got, Message{Type: MessageType(data[4]), Data: data[5 : 5+size]})
+			data = data[5+size:]
+		}
+	}
+	require.Equal(t, len(want), len(got))
+	for i := range want {
+		assert.Equal(t, want[i].Type, got[i].Type, "message %d", i)
+		assert.Equal(t, want[i].Data, got[i].Data, "message %d", i)
+	}
+	// The small messages shared packed messages; each large one had its own.
+	assert.Equal(t, 6, frames, "999 small, a large one, 999 small, a large one, 999 small, a large one")
+}

@@ -49,6 +49,9 @@ type Session struct {
 	// framing (see resume.go), before the session can receive anything.
 	positions bool
 	rs        *resumeState // a resume in progress, guarded by mu
+	// packed is set for a connection that asked for the batched framing
+	// (see batch.go), before the session can receive anything.
+	packed bool
 
 	stopHubLink func() bool  // unlinks ctx from the hub's lifetime
 	inHook      atomic.Bool  // OnMessage is running: nobody reads pongs
@@ -281,6 +284,9 @@ func (s *Session) writeLoop() {
 // websocket library a timer per message; the socket's write deadline bounds
 // them instead.
 func (s *Session) writeBatch(batch []outMsg) error {
+	if s.packed {
+		return s.writePacked(batch)
+	}
 	var err error
 	ctx := context.Background()
 	if s.cork != nil && len(batch) == 1 {
