@@ -62,6 +62,15 @@ func TestClusterRedis(t *testing.T) {
 	})
 }
 
+func TestClusterRedisStreams(t *testing.T) {
+	srv := redistest.Start(t)
+	runClusterTests(t, func(t *testing.T, n int, tweak func(int, *Options)) *cluster {
+		return newRedisClusterMode(t, n, tweak, wsredis.ModeStreams, func() goredis.UniversalClient {
+			return goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+		})
+	})
+}
+
 func TestClusterRedisCluster(t *testing.T) {
 	rc := redistest.StartCluster(t, 3)
 	runClusterTests(t, func(t *testing.T, n int, tweak func(int, *Options)) *cluster {
@@ -75,11 +84,17 @@ func TestClusterRedisCluster(t *testing.T) {
 // newClient, under a key prefix of their own.
 func newRedisCluster(t *testing.T, n int, tweak func(int, *Options), newClient func() goredis.UniversalClient) *cluster {
 	t.Helper()
+	return newRedisClusterMode(t, n, tweak, wsredis.ModePubSub, newClient)
+}
+
+// newRedisClusterMode is newRedisCluster in the given mode.
+func newRedisClusterMode(t *testing.T, n int, tweak func(int, *Options), mode wsredis.Mode, newClient func() goredis.UniversalClient) *cluster {
+	t.Helper()
 	prefix := "test-" + randomHex() + ":"
 	return newClusterOn(t, n, tweak, func(t *testing.T, name string) (backplane.Backplane, func() uint64) {
 		client := newClient()
 		t.Cleanup(func() { _ = client.Close() }) // after the backplane's Close
-		bp, err := wsredis.New(client, &wsredis.Options{Prefix: prefix, Logger: quiet})
+		bp, err := wsredis.New(client, &wsredis.Options{Prefix: prefix, Logger: quiet, Mode: mode})
 		require.NoError(t, err)
 		return bp, func() uint64 { return bp.Stats().Received }
 	})
