@@ -44,11 +44,28 @@ type HarnessMaker func(ctx context.Context, t *testing.T) (Harness, error)
 
 // Features describes what a backend promises beyond the core contract of
 // backplane.Backplane, and its limits. The zero Features asks for the core
-// contract only. Later fields will declare optional abilities (such as
-// replay by offset) that the suite then checks.
+// contract only. Other fields declare optional abilities (such as replay by
+// offset) that the suite then checks.
 type Features struct {
 	// MaxPayload is the largest payload the suite sends; 0 means 1 MiB.
 	MaxPayload int
+
+	// Replay declares that the backend keeps a log of every channel: its
+	// nodes implement backplane.Log, and the suite adds the Replay cases
+	// (offsets handed to a StartWithOffsets handler, Read by offset, paging,
+	// retention, invalid offsets, Read after Close). Those cases start their
+	// nodes with StartWithOffsets instead of Start. Retained must be set
+	// with it.
+	Replay bool
+
+	// Retained is, with Replay, how many messages per channel the harness's
+	// nodes are configured to keep at least (such as a MaxLen option); it
+	// must be positive when Replay is set. The suite reads back at most
+	// that many messages of a channel, and publishes far more than it
+	// (20 × Retained + 200) to check that a Read after an offset that
+	// retention dropped fails with backplane.ErrNotRetained. Messages must
+	// stay retained for the length of a case (seconds) whatever their age.
+	Retained int
 }
 
 // Run runs the conformance suite against the backend that newHarness makes,
@@ -57,6 +74,9 @@ func Run(t *testing.T, newHarness HarnessMaker, f Features) {
 	t.Helper()
 	require.NotNil(t, newHarness, "backplanetest: nil HarnessMaker")
 	require.GreaterOrEqual(t, f.MaxPayload, 0, "backplanetest: negative Features.MaxPayload")
+	if f.Replay {
+		require.Positive(t, f.Retained, "backplanetest: Features.Replay needs a positive Features.Retained")
+	}
 	if f.MaxPayload == 0 {
 		f.MaxPayload = defaultMaxPayload
 	}
@@ -76,6 +96,20 @@ func Run(t *testing.T, newHarness HarnessMaker, f Features) {
 		{"Closed", testClosed},
 		{"CloseBeforeStart", testCloseBeforeStart},
 		{"BadInput", testBadInput},
+	}
+	if f.Replay {
+		cases = append(cases, []struct {
+			name string
+			run  func(t *testing.T, e *env)
+		}{
+			{"ReplayOffsets", testReplayOffsets},
+			{"ReplayReadAfter", testReplayReadAfter},
+			{"ReplayReadFromStart", testReplayReadFromStart},
+			{"ReplayNotRetained", testReplayNotRetained},
+			{"ReplayInvalidOffset", testReplayInvalidOffset},
+			{"ReplayStartWithOffsets", testReplayStart},
+			{"ReplayClosed", testReplayClosed},
+		}...)
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

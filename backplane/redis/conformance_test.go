@@ -34,6 +34,7 @@ type harness struct {
 	stop    func()
 	prefix  string
 	mode    wsredis.Mode
+	maxLen  int // Options.MaxLen; 0 for the default
 
 	mu      sync.Mutex
 	clients []goredis.UniversalClient
@@ -52,7 +53,7 @@ func (h *harness) MakeNode(context.Context) (backplane.Backplane, error) {
 		c = goredis.NewClient(&goredis.Options{Addr: h.addr})
 	}
 	h.clients = append(h.clients, c)
-	return wsredis.New(c, &wsredis.Options{Prefix: h.prefix, Logger: quiet, Mode: h.mode})
+	return wsredis.New(c, &wsredis.Options{Prefix: h.prefix, Logger: quiet, Mode: h.mode, MaxLen: h.maxLen})
 }
 
 func (h *harness) Close() {
@@ -86,26 +87,34 @@ func TestConformanceRedisCluster(t *testing.T) {
 	}, backplanetest.Features{})
 }
 
+// streamsMaxLen is the MaxLen of the Streams harnesses: small, so that the
+// Replay cases overrun it with few messages (20 × 10 + 200).
+const streamsMaxLen = 10
+
+// streamsFeatures are what ModeStreams promises: replay by offset, keeping
+// at least MaxLen messages per channel.
+var streamsFeatures = backplanetest.Features{Replay: true, Retained: streamsMaxLen}
+
 func TestConformanceStreamsMiniredis(t *testing.T) {
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
 		mr, err := miniredis.Run()
 		if err != nil {
 			return nil, err
 		}
-		return &harness{addr: mr.Addr(), stop: mr.Close, mode: wsredis.ModeStreams}, nil
-	}, backplanetest.Features{})
+		return &harness{addr: mr.Addr(), stop: mr.Close, mode: wsredis.ModeStreams, maxLen: streamsMaxLen}, nil
+	}, streamsFeatures)
 }
 
 func TestConformanceStreamsRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
-		return &harness{addr: srv.Addr(), mode: wsredis.ModeStreams}, nil
-	}, backplanetest.Features{})
+		return &harness{addr: srv.Addr(), mode: wsredis.ModeStreams, maxLen: streamsMaxLen}, nil
+	}, streamsFeatures)
 }
 
 func TestConformanceStreamsRedisCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
-		return &harness{cluster: c.Addrs(), mode: wsredis.ModeStreams}, nil
-	}, backplanetest.Features{})
+		return &harness{cluster: c.Addrs(), mode: wsredis.ModeStreams, maxLen: streamsMaxLen}, nil
+	}, streamsFeatures)
 }

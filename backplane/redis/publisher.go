@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -134,20 +135,34 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 		return
 	}
 	cmds, execErr := p.exec(pb, live)
-	if execErr != nil && p.b.opts.Mode == ModeStreams && goredis.HasErrorPrefix(execErr, "NOSCRIPT") {
-		// Redis restarted or flushed its scripts: load ours and send again.
-		// Nothing was published, since no script ran.
-		if err := publishScript.Load(p.b.ctx, p.b.client).Err(); err == nil {
-			cmds, execErr = p.exec(pb, live)
+	var errs []error // set only when something failed
+	if execErr != nil {
+		errs = make([]error, len(live))
+		var retry []int
+		for i := range live {
+			errs[i] = cmdErr(cmds[i], execErr)
+			if p.b.opts.Mode == ModeStreams && errs[i] != nil && goredis.HasErrorPrefix(errs[i], "NOSCRIPT") {
+				retry = append(retry, i)
+			}
+		}
+		// Redis restarted or flushed its scripts: load ours and send again
+		// exactly the commands that found it missing. The others ran.
+		if len(retry) > 0 && publishScript.Load(p.b.ctx, p.b.client).Err() == nil {
+			again := make([]*pubReq, len(retry))
+			for j, i := range retry {
+				again[j] = live[i]
+			}
+			cmds2, execErr2 := p.exec(pb, again)
+			for j, i := range retry {
+				errs[i] = cmdErr(cmds2[j], execErr2)
+			}
 		}
 	}
 	defer pb.release()
 	for i, r := range live {
-		err := cmds[i].Err()
-		if err == nil && execErr != nil {
-			// go-redis leaves the commands of a pipeline that could not
-			// be sent at all (a failed dial) without an error of their own.
-			err = execErr
+		var err error
+		if errs != nil {
+			err = errs[i]
 		}
 		if err != nil {
 			p.b.stats.publishErrors.Add(1)
@@ -161,6 +176,21 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 		}
 		r.done <- err
 	}
+}
+
+// cmdErr is the error of one command of a pipeline whose Exec returned
+// execErr. go-redis leaves the commands of a pipeline that could not be sent
+// at all (a failed dial) without an error of their own; a Redis error reply
+// is the command's own, and the others ran.
+func cmdErr(cmd goredis.Cmder, execErr error) error {
+	if err := cmd.Err(); err != nil {
+		return err
+	}
+	var rerr goredis.Error
+	if execErr != nil && !errors.As(execErr, &rerr) {
+		return execErr
+	}
+	return nil
 }
 
 // pipeBuf is what one pipeline goroutine reuses from batch to batch: the

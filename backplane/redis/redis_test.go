@@ -48,7 +48,7 @@ func TestNeverClosesTheGivenClient(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, bp.Start(func(string, []byte) {}))
 	require.NoError(t, bp.Subscribe(bg, "c"))
-	require.NoError(t, bp.Health())
+	require.Eventually(t, func() bool { return bp.Health() == nil }, 10*time.Second, time.Millisecond, "healthy once connected")
 	require.NoError(t, bp.Close())
 	require.NoError(t, bp.Close(), "Close again")
 	require.NoError(t, client.Ping(bg).Err(), "the client was closed")

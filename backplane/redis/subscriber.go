@@ -64,8 +64,8 @@ type subscriber struct {
 	// log: the last entry delivered, or where the log ended on Subscribe.
 	last    map[string]position
 	lastErr error
-	closed    bool
-	kill      chan struct{} // closed to end the current generation
+	closed  bool
+	kill    chan struct{} // closed to end the current generation
 }
 
 // waiter is one Subscribe call waiting for its channels' confirmations.
@@ -235,11 +235,18 @@ func (s *subscriber) onMessage(m *goredis.Message) {
 		return
 	}
 	_, ok := s.want[m.Channel]
+	// A wake-up that comes before a reconnected generation has caught up
+	// is dropped: the catch-up, which reads the logs after it, delivers
+	// its entry in order with what came before.
+	catchingUp := !s.up && s.everUp
 	s.mu.Unlock()
 	if !ok {
 		return
 	}
 	if s.b.opts.Mode == ModeStreams {
+		if catchingUp {
+			return
+		}
 		id, payload, ok := splitWakeUp(m.Payload)
 		if !ok {
 			// Not a wake-up: published by someone else. Let the hub
