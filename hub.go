@@ -648,6 +648,9 @@ func (h *Hub) flushInbox(ctx context.Context) {
 	if h.interest.ready(h.inbox).wait(ctx) != nil {
 		return
 	}
+	if c, ok := h.bp.(backplane.Checker); ok && c.Health() != nil {
+		return // the marker could not come back: nothing to wait for
+	}
 	e := envelope.Envelope{Op: envelope.OpFlush, Target: token}
 	if err := h.bp.Publish(ctx, h.inbox, e.Encode()); err != nil {
 		h.log.Debug("wshub: flush before close failed", "err", err)

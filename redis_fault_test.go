@@ -146,7 +146,9 @@ func TestRedisRestartResumesDeliveryAndReportsTheGap(t *testing.T) {
 	st := b.hub.Stats()
 	assert.GreaterOrEqual(t, st.BackplaneDowns, uint64(1))
 	assert.GreaterOrEqual(t, st.BackplaneGaps, uint64(1))
-	require.Eventually(t, func() bool { return b.hub.Health() == nil }, waitFor, 10*time.Millisecond)
+	for _, n := range c.nodes {
+		require.Eventually(t, func() bool { return n.hub.Health() == nil }, waitFor, 10*time.Millisecond)
+	}
 }
 
 // A link that goes silent without an error (a frozen connection) is found
