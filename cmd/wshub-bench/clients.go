@@ -10,12 +10,15 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wshub/wshub"
 )
 
 // This file is the client process: the parent re-executes its own binary
@@ -109,7 +112,8 @@ func childMain(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 type client struct {
 	idx    int
 	conn   *websocket.Conn
-	count  atomic.Int64 // messages received
+	count  atomic.Int64 // messages received (records, in the batched framing)
+	frames atomic.Int64 // WebSocket messages received
 	maxLat atomic.Int64 // ns
 	last   atomic.Int64 // latest arrival, ns since the epoch
 	// closing is set before we close the connection ourselves; a reader
@@ -123,6 +127,7 @@ type clientSet struct {
 
 	epoch   int64 // unix nanos
 	bufSize int
+	batch   bool // the batched framing: ask for it, split messages into records
 	hist    histogram
 	bad     atomic.Int64
 	closedE atomic.Int64 // stable clients the server closed
@@ -231,7 +236,7 @@ func (cs *clientSet) connect(ctx context.Context, r request) (reply, error) {
 		cs.mu.Unlock()
 		return reply{}, errors.New("connect: already connected")
 	}
-	cs.epoch, cs.bufSize = r.Epoch, max(r.BufSize, 64)
+	cs.epoch, cs.bufSize, cs.batch = r.Epoch, max(r.BufSize, 64), r.Batch
 	cs.stable = make([]*client, r.N)
 	cs.mu.Unlock()
 	perAddr := max(r.PerAddr, 1)
@@ -253,7 +258,7 @@ func (cs *clientSet) connect(ctx context.Context, r request) (reply, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			url := r.URLs[i%len(r.URLs)] + "?user=" + r.Prefix + strconv.Itoa(i)
+			url := r.URLs[i%len(r.URLs)] + "?user=" + r.Prefix + strconv.Itoa(i) + cs.query()
 			conn, err := cs.dialRetry(ctx, r.AddrBase+i/perAddr, url)
 			if err != nil {
 				failed.Add(1)
@@ -279,8 +284,21 @@ func (cs *clientSet) connect(ctx context.Context, r request) (reply, error) {
 	return rep, nil
 }
 
+// query returns what the clients add to their URL's query: the batched
+// framing's parameter, if asked for.
+func (cs *clientSet) query() string {
+	if cs.batch {
+		return "&" + wshub.BatchParam + "=1"
+	}
+	return ""
+}
+
 // read is a connection's reader: it only reads each message, takes the
 // arrival time and records the latency. It allocates nothing per message.
+//
+// In the batched framing it reads each message whole into buf, which it
+// reuses and grows when a message is larger, and records every record of it
+// as a delivery, with the latency of the stamp at the start of the record.
 func (cs *clientSet) read(c *client, churner bool) {
 	defer cs.readers.Done()
 	defer close(c.done)
@@ -297,6 +315,14 @@ func (cs *clientSet) read(c *client, churner bool) {
 				}
 			}
 			return
+		}
+		if cs.batch {
+			if buf, err = readWhole(r, buf[:0]); err != nil {
+				return
+			}
+			now := time.Now().UnixNano() - cs.epoch
+			cs.records(c, churner, buf, now)
+			continue
 		}
 		hn := 0
 		for {
@@ -317,17 +343,78 @@ func (cs *clientSet) read(c *client, churner bool) {
 			continue
 		}
 		c.count.Add(1)
+		c.frames.Add(1)
 		c.last.Store(now)
-		ts, ok := getStamp(hdr[:hn])
+		cs.observe(c, hdr[:hn], now)
+	}
+}
+
+// readWhole appends the rest of the message r to buf, growing it (to twice
+// its capacity at a time) when it is full, and returns it.
+func readWhole(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, max(cap(buf), 64))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+// records counts and observes the records of msg, a message of the batched
+// framing that arrived at now. A message that ends in the middle of a
+// record counts as one bad record from there on.
+func (cs *clientSet) records(c *client, churner bool, msg []byte, now int64) {
+	var n, bad int64
+	for off := 0; off < len(msg); {
+		typ, body, next, ok := nextRecord(msg, off)
+		off = next
 		if !ok {
-			cs.bad.Add(1)
+			bad++
+			break
+		}
+		n++
+		if churner {
 			continue
 		}
-		lat := max(now-ts, 0)
-		cs.hist.record(c.idx, lat)
-		if lat > c.maxLat.Load() {
-			c.maxLat.Store(lat)
+		if typ != byte(websocket.MessageText) && typ != byte(websocket.MessageBinary) {
+			bad++
+			continue
 		}
+		cs.observe(c, body, now)
+	}
+	if bad > 0 {
+		cs.bad.Add(bad)
+	}
+	if churner {
+		cs.churnRx.Add(n)
+		return
+	}
+	if n > 0 {
+		c.count.Add(n)
+		c.last.Store(now)
+	}
+	c.frames.Add(1)
+}
+
+// observe records the latency of a message of c that starts with p and
+// arrived at now, or counts it as bad without a stamp.
+func (cs *clientSet) observe(c *client, p []byte, now int64) {
+	ts, ok := getStamp(p)
+	if !ok {
+		cs.bad.Add(1)
+		return
+	}
+	lat := max(now-ts, 0)
+	cs.hist.record(c.idx, lat)
+	if lat > c.maxLat.Load() {
+		c.maxLat.Store(lat)
 	}
 }
 
@@ -368,8 +455,15 @@ func (cs *clientSet) drain(ctx context.Context, r request) reply {
 		case <-ctx.Done():
 		}
 	}
+	var frames int64
+	for _, c := range clients {
+		if c != nil {
+			frames += c.frames.Load()
+		}
+	}
 	rep := reply{
 		Delivered:      sum(),
+		Frames:         frames,
 		ChurnDelivered: cs.churnRx.Load(),
 		Bad:            cs.bad.Load(),
 		ServerClosed:   int(cs.closedE.Load()),
@@ -414,7 +508,7 @@ func (cs *clientSet) startChurn(ctx context.Context, r request) error {
 		return errors.New("churn-start: already churning")
 	}
 	if cs.epoch == 0 {
-		cs.epoch, cs.bufSize = r.Epoch, max(r.BufSize, 64)
+		cs.epoch, cs.bufSize, cs.batch = r.Epoch, max(r.BufSize, 64), r.Batch
 	}
 	ch := &churner{stop: make(chan struct{})}
 	cs.churn = ch
@@ -474,7 +568,7 @@ func (cs *clientSet) churnOne(ctx context.Context, ch *churner, r request, seq i
 		ch.errs.Add(1)
 		ch.firstErr.CompareAndSwap(nil, &err)
 	}
-	url := r.URLs[int(seq)%len(r.URLs)] + "?user=" + r.Prefix + strconv.FormatInt(seq, 10)
+	url := r.URLs[int(seq)%len(r.URLs)] + "?user=" + r.Prefix + strconv.FormatInt(seq, 10) + cs.query()
 	conn, err := cs.dial(ctx, addr, url)
 	if err != nil {
 		select {

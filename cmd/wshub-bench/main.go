@@ -22,6 +22,9 @@
 //	-queue Q         hub sessions' SendQueueLen (default 4096)
 //	-raw-of NAME     raw: mirror broadcast (default) or idle
 //	-binary          send binary messages instead of text
+//	-batch           hub clients ask for the batched framing (wshub_batch=1) and
+//	                 count each record of a WebSocket message as a delivery;
+//	                 raw ignores it (raw is the ceiling without batching)
 //	-drain D         stop waiting for deliveries after D without progress (default 10s)
 //	-timeout D       the whole run, processes included, ends within D (default 2m)
 //	-per-addr N      clients per loopback source address 127.0.0.x (default 20000)
@@ -56,14 +59,22 @@
 //     handler with no hub, as a ceiling for broadcast or idle (-raw-of). Its
 //     scenario field reads raw-broadcast or raw-idle, backplane "none".
 //
-// The JSON line has scenario, backplane, nodes, conns, msgs, size, delivered,
-// lost, deliveries_per_s (delivered over the time from the first send to the
+// The JSON line has scenario, backplane, nodes, conns, msgs, size, batch
+// (whether the clients used the batched framing: -batch, and never for raw),
+// delivered, lost, deliveries_per_s (delivered over the time from the first send to the
 // last arrival), p50_ms, p99_ms, max_ms (send to arrival: each payload starts
 // with its send time, see stampLen), server_bytes_per_conn (HeapInuse +
 // StackInuse after runtime.GC with the clients connected, minus the same
 // before they connected, over the clients) and goroutines_per_conn (the
 // same with runtime.NumGoroutine). Both are measured in every scenario, with
 // the clients connected and before any traffic.
+//
+// With -batch, a delivery is a record, not a WebSocket message: the client
+// reads each message whole into a buffer it reuses (growing it when a
+// message is larger), splits it into its records and takes each record's
+// latency from the stamp at the start of that record's payload, against the
+// arrival of the message that carried it. The drain diagnostics on stderr
+// give the number of WebSocket messages, hence records per message.
 package main
 
 import (
@@ -121,6 +132,7 @@ type config struct {
 	queue     int
 	rawOf     string
 	binary    bool
+	batch     bool
 	drain     time.Duration
 	timeout   time.Duration
 	perAddr   int
@@ -145,6 +157,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.queue, "queue", 4096, "SendQueueLen of hub sessions")
 	fs.StringVar(&c.rawOf, "raw-of", "broadcast", "raw: the scenario to mirror, broadcast or idle")
 	fs.BoolVar(&c.binary, "binary", false, "send binary messages (default text)")
+	fs.BoolVar(&c.batch, "batch", false, "hub clients use the batched framing (wshub_batch=1); raw ignores it")
 	fs.DurationVar(&c.drain, "drain", 10*time.Second, "stop waiting for deliveries after this long without progress")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "bound on the whole run")
 	fs.IntVar(&c.perAddr, "per-addr", 20000, "clients per loopback source address")
@@ -202,6 +215,7 @@ type result struct {
 	Conns              int     `json:"conns"`
 	Msgs               int     `json:"msgs"`
 	Size               int     `json:"size"`
+	Batch              bool    `json:"batch"`
 	Delivered          int64   `json:"delivered"`
 	Lost               int64   `json:"lost"`
 	DeliveriesPerS     float64 `json:"deliveries_per_s"`
@@ -301,6 +315,7 @@ func (b *bench) run(ctx context.Context) (res result, err error) {
 		Conns:     cfg.conns,
 		Msgs:      cfg.msgs,
 		Size:      cfg.size,
+		Batch:     cfg.batch && cfg.scenario != "raw",
 	}
 	if b.mode() == "idle" {
 		res.Msgs, res.Size = 0, 0
@@ -313,6 +328,9 @@ func (b *bench) run(ctx context.Context) (res result, err error) {
 	)
 	if cfg.scenario == "raw" {
 		res.Scenario, res.Backplane, res.Nodes = "raw-"+cfg.rawOf, "none", 1
+		if cfg.batch {
+			b.logf("raw ignores -batch: it is the ceiling without batching")
+		}
 		raw, err = startRaw(b.msgType(), slog.New(b.hubLog))
 		srv = raw
 	} else {
@@ -361,6 +379,7 @@ func (b *bench) run(ctx context.Context) (res result, err error) {
 	last, err := child.call(request{
 		Op: opConnect, URLs: srv.urls(), N: stable, Prefix: b.userPrefix(),
 		PerAddr: cfg.perAddr, DialConc: cfg.dialConc, Epoch: b.epoch.UnixNano(), BufSize: bufSize,
+		Batch: res.Batch,
 	})
 	if err != nil {
 		return res, err
@@ -414,6 +433,7 @@ func (b *bench) run(ctx context.Context) (res result, err error) {
 			Op: opChurnStart, URLs: srv.urls(), N: slots, Prefix: b.tag + "-c",
 			PerAddr: cfg.perAddr, AddrBase: (stable + cfg.perAddr - 1) / cfg.perAddr,
 			Rate: cfg.churn, LifeNS: int64(life), Epoch: b.epoch.UnixNano(), BufSize: bufSize,
+			Batch: res.Batch,
 		})
 		if err != nil {
 			return res, err
@@ -438,6 +458,10 @@ func (b *bench) run(ctx context.Context) (res result, err error) {
 	}
 	b.logf("drain: %d of %d delivered after %v more; %d messages without a stamp; %d clients closed by the server",
 		dr.Delivered, expect, time.Duration(dr.WaitedNS).Round(time.Millisecond), dr.Bad, dr.ServerClosed)
+	if res.Batch {
+		b.logf("batch: %d records in %d WebSocket messages (%.2f records per message)",
+			dr.Delivered, dr.Frames, float64(dr.Delivered)/max(float64(dr.Frames), 1))
+	}
 	wall := time.Since(pub.start)
 	srvCPU, cliCPU := cpuTime()-cpu0, time.Duration(dr.CPUNS-clientCPU0)
 	b.logf("traffic phase %v: server process cpu %v (%.0f%% of one core), client process cpu %v (%.0f%%)",

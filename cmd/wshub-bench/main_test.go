@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -64,11 +66,11 @@ func runLine(t *testing.T, args ...string) result {
 	require.True(t, strings.HasSuffix(out, "\n"))
 	var fields map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &fields))
-	for _, f := range []string{"scenario", "backplane", "nodes", "conns", "msgs", "size", "delivered", "lost",
+	for _, f := range []string{"scenario", "backplane", "nodes", "conns", "msgs", "size", "batch", "delivered", "lost",
 		"deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "server_bytes_per_conn", "goroutines_per_conn"} {
 		require.Contains(t, fields, f)
 	}
-	require.Len(t, fields, 14)
+	require.Len(t, fields, 15)
 	var res result
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
@@ -86,16 +88,23 @@ func TestScenarios(t *testing.T) {
 		nodes    int
 		want     int64 // delivered
 		sends    bool
+		batch    bool // the line's batch field
 	}{
-		{"broadcast", []string{"-scenario", "broadcast"}, "broadcast", 1, conns * msgs, true},
-		{"broadcast-3-nodes", []string{"-scenario", "broadcast", "-nodes", "3"}, "broadcast", 3, conns * msgs, true},
-		{"broadcast-binary-paced", []string{"-scenario", "broadcast", "-binary", "-rate", "500"}, "broadcast", 1, conns * msgs, true},
-		{"send-user", []string{"-scenario", "send-user", "-nodes", "2", "-callers", "4"}, "send-user", 2, msgs, true},
-		{"idle", []string{"-scenario", "idle"}, "idle", 1, 0, false},
+		{"broadcast", []string{"-scenario", "broadcast"}, "broadcast", 1, conns * msgs, true, false},
+		{"broadcast-3-nodes", []string{"-scenario", "broadcast", "-nodes", "3"}, "broadcast", 3, conns * msgs, true, false},
+		{"broadcast-binary-paced", []string{"-scenario", "broadcast", "-binary", "-rate", "500"}, "broadcast", 1, conns * msgs, true, false},
+		// Each record of a batched message is a delivery.
+		{"broadcast-batch", []string{"-scenario", "broadcast", "-batch"}, "broadcast", 1, conns * msgs, true, true},
+		{"broadcast-batch-binary-2-nodes", []string{"-scenario", "broadcast", "-batch", "-binary", "-nodes", "2"}, "broadcast", 2, conns * msgs, true, true},
+		{"send-user-batch", []string{"-scenario", "send-user", "-batch", "-callers", "4"}, "send-user", 1, msgs, true, true},
+		{"send-user", []string{"-scenario", "send-user", "-nodes", "2", "-callers", "4"}, "send-user", 2, msgs, true, false},
+		{"idle", []string{"-scenario", "idle"}, "idle", 1, 0, false, false},
 		// 10 stable clients get everything; 10 slots churn meanwhile.
-		{"churn", []string{"-scenario", "churn", "-rate", "100", "-churn", "100", "-nodes", "2"}, "churn", 2, conns / 2 * msgs, true},
-		{"raw-broadcast", []string{"-scenario", "raw"}, "raw-broadcast", 1, conns * msgs, true},
-		{"raw-idle", []string{"-scenario", "raw", "-raw-of", "idle"}, "raw-idle", 1, 0, false},
+		{"churn", []string{"-scenario", "churn", "-rate", "100", "-churn", "100", "-nodes", "2"}, "churn", 2, conns / 2 * msgs, true, false},
+		{"raw-broadcast", []string{"-scenario", "raw"}, "raw-broadcast", 1, conns * msgs, true, false},
+		// raw ignores -batch: it is the ceiling without batching.
+		{"raw-broadcast-batch-ignored", []string{"-scenario", "raw", "-batch"}, "raw-broadcast", 1, conns * msgs, true, false},
+		{"raw-idle", []string{"-scenario", "raw", "-raw-of", "idle"}, "raw-idle", 1, 0, false, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,6 +113,7 @@ func TestScenarios(t *testing.T) {
 			require.Equal(t, tc.nodes, res.Nodes)
 			require.Equal(t, conns, res.Conns)
 			require.Equal(t, tc.want, res.Delivered)
+			require.Equal(t, tc.batch, res.Batch)
 			require.Zero(t, res.Lost)
 			require.Positive(t, res.ServerBytesPerConn, "a connection costs the server memory")
 			require.InDelta(t, 1.0, res.GoroutinesPerConn, 0.5, "one reader per connection")
@@ -203,5 +213,49 @@ func TestHistogram(t *testing.T) {
 	require.InEpsilon(t, 100e6, float64(q[2]), 0.02)
 	for _, v := range []int64{0, 5, 127, 128, 1000, 1 << 30} {
 		require.InEpsilon(t, float64(max(v, 1)), float64(max(bucketValue(bucketOf(v)), 1)), 0.02, "%d", v)
+	}
+}
+
+func TestRecords(t *testing.T) {
+	var msg []byte
+	var want [][]byte
+	for i, size := range []int{8, 0, 100, 70000} {
+		body := bytes.Repeat([]byte{byte('a' + i)}, size)
+		msg = binary.BigEndian.AppendUint32(msg, uint32(size))
+		msg = append(msg, byte(1+i%2))
+		msg = append(msg, body...)
+		want = append(want, body)
+	}
+	// A message read a byte at a time into a small buffer comes out whole:
+	// records span reads.
+	buf, err := readWhole(iotest.OneByteReader(bytes.NewReader(msg)), make([]byte, 0, 64))
+	require.NoError(t, err)
+	require.Equal(t, msg, buf)
+	var got [][]byte
+	for off := 0; off < len(buf); {
+		typ, body, next, ok := nextRecord(buf, off)
+		require.True(t, ok)
+		require.Equal(t, byte(1+len(got)%2), typ)
+		got = append(got, body)
+		off = next
+	}
+	require.Equal(t, want, got)
+
+	// Reusing a buffer large enough allocates nothing.
+	rd := bytes.NewReader(msg)
+	allocs := testing.AllocsPerRun(100, func() {
+		rd.Reset(msg)
+		buf, _ = readWhole(rd, buf[:0])
+		for off := 0; off < len(buf); {
+			_, _, off, _ = nextRecord(buf, off)
+		}
+	})
+	require.Zero(t, allocs)
+
+	// Truncated heads and bodies are malformed.
+	for _, bad := range [][]byte{{0, 0, 0}, {0, 0, 0, 9, 1, 'x'}} {
+		_, _, next, ok := nextRecord(bad, 0)
+		require.False(t, ok)
+		require.Equal(t, len(bad), next)
 	}
 }

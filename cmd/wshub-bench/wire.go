@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"math"
 	"math/bits"
 	"sync/atomic"
@@ -36,6 +37,7 @@ type request struct {
 	DialConc int      `json:"dial_conc,omitempty"` // dials in flight
 	Epoch    int64    `json:"epoch,omitempty"`     // unix nanos the payload stamps count from
 	BufSize  int      `json:"buf_size,omitempty"`  // read buffer per connection
+	Batch    bool     `json:"batch,omitempty"`     // ask for the batched framing, count records
 
 	// churn-start
 	Rate   float64 `json:"rate,omitempty"`    // connects per second
@@ -63,7 +65,8 @@ type reply struct {
 	P99NS          int64 `json:"p99_ns,omitempty"`
 	MaxNS          int64 `json:"max_ns,omitempty"`
 	LastNS         int64 `json:"last_ns,omitempty"` // latest arrival, nanos since Epoch
-	Bad            int64 `json:"bad,omitempty"`     // messages without a valid stamp
+	Bad            int64 `json:"bad,omitempty"`     // messages (records) without a valid stamp
+	Frames         int64 `json:"frames,omitempty"`  // WebSocket messages received by stable clients
 	ServerClosed   int   `json:"server_closed,omitempty"`
 	WaitedNS       int64 `json:"waited_ns,omitempty"`
 
@@ -188,4 +191,27 @@ func (h *histogram) quantiles(qs ...float64) ([]int64, uint64) {
 		}
 	}
 	return out, total
+}
+
+// recordHead is the head of a record of the batched framing (wshub_batch):
+// a 4-byte big-endian length n and a 1-byte type (1 text, 2 binary), then
+// the n bytes of the message.
+const recordHead = 5
+
+// nextRecord returns the record of the batched framing that starts at
+// msg[off:], and the offset of the next one. ok is false when msg[off:] is
+// too short for the record's head or body: the message is malformed from
+// there on. It allocates nothing.
+func nextRecord(msg []byte, off int) (typ byte, body []byte, next int, ok bool) {
+	if len(msg)-off < recordHead {
+		return 0, nil, len(msg), false
+	}
+	n := uint64(binary.BigEndian.Uint32(msg[off:]))
+	typ = msg[off+4]
+	off += recordHead
+	if n > uint64(len(msg)-off) {
+		return typ, nil, len(msg), false
+	}
+	end := off + int(n)
+	return typ, msg[off:end:end], end, true
 }
