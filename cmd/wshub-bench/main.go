@@ -499,8 +499,8 @@ type pubStats struct {
 }
 
 // publish calls send for n payloads of the configured size, each stamped
-// with its send time, from callers goroutines, at rate messages per second
-// in all or flat out. A payload is never reused: the hub keeps it.
+// with its send time (at a fixed rate, the time it was due), from callers
+// goroutines, at rate messages per second in all or flat out. A payload is never reused: the hub keeps it.
 func (b *bench) publish(ctx context.Context, n int, rate float64, callers int, send func(context.Context, []byte) error) pubStats {
 	var (
 		next, sent, failed atomic.Int64
@@ -519,14 +519,20 @@ func (b *bench) publish(ctx context.Context, n int, rate float64, callers int, s
 				if i >= int64(n) {
 					return
 				}
+				stamp := time.Since(epoch)
 				if rate > 0 {
 					due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
 					if !sleepUntil(ctx, due) {
 						return
 					}
+					// At a fixed rate, latency counts from when the message
+					// was due, not from when a server that fell behind got
+					// round to sending it: otherwise a sender that blocks
+					// (raw) hides its backlog (coordinated omission).
+					stamp = due.Sub(epoch)
 				}
 				p := alloc.next()
-				putStamp(p, time.Since(epoch).Nanoseconds())
+				putStamp(p, stamp.Nanoseconds())
 				if err := send(ctx, p); err != nil {
 					failed.Add(1)
 					firstErr.CompareAndSwap(nil, &err)
