@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/coder/websocket"
 
+	"github.com/wshub/wshub/backplane/memory"
 	"github.com/wshub/wshub/internal/envelope"
 )
 
@@ -149,4 +151,43 @@ func BenchmarkBroadcastSockets(b *testing.B) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N*clients)/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+// BenchmarkInterest measures the interest manager behind Join and Leave:
+// "held" takes and drops a reference to a channel the node already holds
+// (no backplane call); "new" subscribes a channel the node did not hold,
+// waits for the batched Subscribe on the memory backplane, and releases it.
+func BenchmarkInterest(b *testing.B) {
+	node, err := memory.NewBus().NewNode("n")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := node.Start(func(string, []byte) {}); err != nil {
+		b.Fatal(err)
+	}
+	defer node.Close()
+	im := newInterest(node, quiet, waitFor)
+	defer im.close()
+	if err := im.acquire("t:held").wait(bg); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("held", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if err := im.acquire("t:held").wait(bg); err != nil {
+				b.Fatal(err)
+			}
+			im.release("t:held")
+		}
+	})
+	b.Run("new", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			ch := "t:" + strconv.Itoa(i)
+			if err := im.acquire(ch).wait(bg); err != nil {
+				b.Fatal(err)
+			}
+			im.release(ch)
+		}
+	})
 }
