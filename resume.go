@@ -28,6 +28,9 @@ const (
 	SinceParam = "wshub_since"
 )
 
+// maxSince bounds the channels one connection may ask to resume.
+const maxSince = 64
+
 // resumeState is a session's resume in progress, guarded by Session.mu.
 // Live messages of a channel being recovered wait in pending until the
 // recovered ones are queued.
@@ -38,6 +41,9 @@ type resumeState struct {
 	// the live copy of a message recovery already read from the log may
 	// arrive later, and is dropped.
 	floor map[string]string
+	// overflow marks channels whose held-back live messages outgrew the
+	// send queue: they were dropped, and the channel is not recovered.
+	overflow map[string]bool
 }
 
 type pendingMsg struct {
@@ -48,7 +54,10 @@ type pendingMsg struct {
 // parseResume reads the resume parameters of an upgrade request.
 func parseResume(r *http.Request) (positions bool, since map[string]string) {
 	q := r.URL.Query()
-	for _, v := range q[SinceParam] {
+	for i, v := range q[SinceParam] {
+		if i == maxSince {
+			break
+		}
 		off, esc, ok := strings.Cut(v, " ")
 		ch, err := url.PathUnescape(esc)
 		if !ok || off == "" || err != nil || ch == "" {
@@ -89,10 +98,18 @@ func (s *Session) deliver(m outMsg, channel, off string) bool {
 	if off != "" {
 		s.mu.Lock()
 		if rs := s.rs; rs != nil {
-			if _, ok := rs.pending[channel]; ok {
-				rs.pending[channel] = append(rs.pending[channel], pendingMsg{m, off})
+			if pend, ok := rs.pending[channel]; ok {
+				if len(pend) >= s.hub.opts.SendQueueLen {
+					// Held back longer than the queue would hold: give
+					// the channel up rather than grow without bound.
+					rs.overflow[channel] = true
+					rs.pending[channel] = pend[:0]
+				}
+				if !rs.overflow[channel] {
+					rs.pending[channel] = append(rs.pending[channel], pendingMsg{m, off})
+				}
 				s.mu.Unlock()
-				return true
+				return !rs.overflow[channel]
 			}
 			if f, ok := rs.floor[channel]; ok && off <= f {
 				s.mu.Unlock()
@@ -109,9 +126,10 @@ func (s *Session) deliver(m outMsg, channel, off string) bool {
 // client missed. It must run before s can receive anything.
 func (s *Session) startResume(since map[string]string) {
 	rs := &resumeState{
-		since:   since,
-		pending: make(map[string][]pendingMsg, len(since)),
-		floor:   make(map[string]string, len(since)),
+		since:    since,
+		pending:  make(map[string][]pendingMsg, len(since)),
+		floor:    make(map[string]string, len(since)),
+		overflow: make(map[string]bool),
 	}
 	for ch := range since {
 		rs.pending[ch] = nil
@@ -141,12 +159,19 @@ func (s *Session) resume(log backplane.Log) {
 		if held[ch] && log != nil {
 			ok, last = s.recover(log, ch, off)
 		}
+		s.mu.Lock()
+		ok = ok && !rs.overflow[ch]
+		s.mu.Unlock()
 		status := "!recovered "
 		if !ok {
 			status = "!not-recovered "
 			last = ""
 		}
 		if s.ctx.Err() != nil {
+			s.mu.Lock()
+			clear(rs.pending) // nothing will release them
+			rs.overflow = map[string]bool{}
+			s.mu.Unlock()
 			return
 		}
 		s.release(ch, status+url.PathEscape(ch), last)
@@ -162,7 +187,7 @@ func (s *Session) recover(log backplane.Log, ch, off string) (bool, string) {
 	for {
 		entries, err := log.Read(s.ctx, ch, last, page)
 		if err != nil {
-			if !errors.Is(err, backplane.ErrNotRetained) && s.ctx.Err() == nil {
+			if !errors.Is(err, backplane.ErrNotRetained) && !errors.Is(err, backplane.ErrInvalidOffset) && s.ctx.Err() == nil {
 				s.hub.log.Warn("wshub: resume read failed", "session", s.id, "channel", ch, "err", err)
 			}
 			return false, last
@@ -170,15 +195,18 @@ func (s *Session) recover(log backplane.Log, ch, off string) (bool, string) {
 		for _, e := range entries {
 			last = e.Offset
 			m, ok := s.recovered(ch, e)
-			if ok && s.enqueue(m) {
+			if !ok {
+				continue
+			}
+			if !s.waitRoom(len(m.data)) {
+				return false, last
+			}
+			if s.enqueue(m) {
 				s.hub.stats.delivered.Add(1)
 			}
 		}
 		if len(entries) < page {
 			return true, last
-		}
-		if !s.waitRoom(page) {
-			return false, last
 		}
 	}
 }
@@ -190,6 +218,9 @@ func (s *Session) recovered(ch string, e backplane.Entry) (outMsg, bool) {
 	if err != nil || (env.Op != envelope.OpUser && env.Op != envelope.OpTopic) {
 		return outMsg{}, false
 	}
+	if env.Op == envelope.OpTopic && env.Arg == s.id {
+		return outMsg{}, false // a broadcast that left this session out
+	}
 	m := outMsg{typ: websocket.MessageText, data: frame(head(e.Offset, ch), env.Payload)}
 	if env.Flags&envelope.FlagBinary != 0 {
 		m.typ = websocket.MessageBinary
@@ -197,17 +228,25 @@ func (s *Session) recovered(ch string, e backplane.Entry) (outMsg, bool) {
 	return m, true
 }
 
-// waitRoom waits until the send queue has room for n more messages, or the
-// session ends.
+// waitRoom waits until the send queue has room for one more message of n
+// bytes, or the session ends, so that recovery never trips the session's
+// slow-client policy.
 func (s *Session) waitRoom(n int) bool {
-	t := time.NewTicker(2 * time.Millisecond)
-	defer t.Stop()
+	o := &s.hub.opts
+	var t *time.Ticker
 	for {
 		s.mu.Lock()
-		room := len(s.queue)+n <= s.hub.opts.SendQueueLen
+		room := len(s.queue) < o.SendQueueLen && (len(s.queue) == 0 || s.queueBytes+n <= o.SendQueueBytes)
 		s.mu.Unlock()
 		if room {
+			if t != nil {
+				t.Stop()
+			}
 			return true
+		}
+		if t == nil {
+			t = time.NewTicker(2 * time.Millisecond)
+			defer t.Stop()
 		}
 		select {
 		case <-s.ctx.Done():
@@ -221,7 +260,11 @@ func (s *Session) waitRoom(n int) bool {
 // back that are newer than last (the last offset recovery queued; empty
 // when it queued nothing usable), and then lets later ones through.
 func (s *Session) release(ch, status, last string) {
-	_ = s.enqueue(outMsg{typ: websocket.MessageText, data: frame(status, nil)})
+	st := frame(status, nil)
+	if !s.waitRoom(len(st)) {
+		return
+	}
+	_ = s.enqueue(outMsg{typ: websocket.MessageText, data: st})
 	for {
 		s.mu.Lock()
 		pend := s.rs.pending[ch]
@@ -239,7 +282,13 @@ func (s *Session) release(ch, status, last string) {
 		s.rs.pending[ch] = pend[:0:0]
 		s.mu.Unlock()
 		for _, p := range pend {
-			if p.off > last && s.enqueue(p.m) {
+			if p.off <= last {
+				continue
+			}
+			if !s.waitRoom(len(p.m.data)) {
+				return
+			}
+			if s.enqueue(p.m) {
 				s.hub.stats.delivered.Add(1)
 			}
 		}

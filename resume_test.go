@@ -3,6 +3,7 @@ package wshub
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/wshub/wshub/backplane"
 	wsredis "github.com/wshub/wshub/backplane/redis"
+	"github.com/wshub/wshub/internal/envelope"
 	"github.com/wshub/wshub/internal/redistest"
 )
 
@@ -155,11 +157,21 @@ func TestResumeTooOldIsNotRecovered(t *testing.T) {
 
 func TestPositionsFramingWithoutALog(t *testing.T) {
 	c := newCluster(t, 1, func(i int, o *Options) {
-		o.OnConnect = func(ctx context.Context, s *Session) error { return s.Join(ctx, "room") }
+		o.OnConnect = func(ctx context.Context, s *Session) error {
+			if s.UserID() == "carol" {
+				if err := s.Send(Text("welcome")); err != nil {
+					return err
+				}
+			}
+			return s.Join(ctx, "room")
+		}
 	})
 	n := c.nodes[0]
 	cl := dialResume(t, n, "carol", "0000000000000001-0000000000000000 t:room")
-	h, _ := cl.nextFramed()
+	h, p := cl.nextFramed()
+	assert.Equal(t, "", h, "Session.Send has no offset")
+	assert.Equal(t, "welcome", p)
+	h, _ = cl.nextFramed()
 	assert.Equal(t, "!not-recovered t:room", h, "the memory backplane keeps no log")
 	require.NoError(t, n.hub.Send(bg, "carol", Binary([]byte{0, 1, 2})))
 	m := cl.next()
@@ -224,4 +236,51 @@ func TestBatchedFraming(t *testing.T) {
 	}
 	// The small messages shared packed messages; each large one had its own.
 	assert.Equal(t, 6, frames, "999 small, a large one, 999 small, a large one, 999 small, a large one")
+}
+
+// Recovery respects the send queue's limits, in messages and bytes: a
+// client that missed more than its queue holds gets everything, and is not
+// taken for a slow client.
+func TestResumeLargerThanTheSendQueue(t *testing.T) {
+	srv := redistest.Start(t)
+	c := streamsNodes(t, srv, 1, wsredis.Options{})
+	n := c.nodes[0]
+	// The defaults: 256 messages, 4 MiB.
+	n.hub.opts.SendQueueLen, n.hub.opts.SendQueueBytes = 256, 4<<20
+	first := dialResume(t, n, "gus")
+	c.waitJoined("gus", "room", true)
+	require.NoError(t, n.hub.Broadcast(bg, "room", Text("start")))
+	h, _ := first.nextFramed()
+	require.NoError(t, first.conn.Close(websocket.StatusNormalClosure, ""))
+	require.Eventually(t, func() bool { return len(n.sessions("gus")) == 0 }, waitFor, time.Millisecond)
+
+	big := strings.Repeat("x", 60<<10)
+	const missed = 300
+	for i := 0; i < missed; i++ {
+		require.NoError(t, n.hub.Broadcast(bg, "room", Text(fmt.Sprint(i, big))))
+	}
+	again := dialResume(t, n, "gus", h)
+	for i := 0; i < missed; i++ {
+		_, p := again.nextFramed()
+		require.True(t, strings.HasPrefix(p, fmt.Sprint(i, "x")), "message %d", i)
+	}
+	h, _ = again.nextFramed()
+	assert.Equal(t, "!recovered t:room", h)
+	assert.Zero(t, n.hub.Stats().SlowClosed)
+}
+
+// A broadcast that left the resuming session out (it sent it) is not given
+// back to it by recovery either.
+func TestRecoveryKeepsExcept(t *testing.T) {
+	c := newCluster(t, 1, nil)
+	s := c.nodes[0].hub.newSession(httptest.NewRequest("GET", "/", nil), "ivy")
+	defer s.cancel()
+	defer s.stopHubLink()
+	mine := (&envelope.Envelope{Op: envelope.OpTopic, Target: "room", Arg: s.ID(), Payload: []byte("mine")}).Encode()
+	other := (&envelope.Envelope{Op: envelope.OpTopic, Target: "room", Arg: "someone-else", Payload: []byte("theirs")}).Encode()
+	_, ok := s.recovered("t:room", backplane.Entry{Offset: "a", Payload: mine})
+	assert.False(t, ok)
+	m, ok := s.recovered("t:room", backplane.Entry{Offset: "b", Payload: other})
+	assert.True(t, ok)
+	assert.Equal(t, "b t:room\ntheirs", string(m.data))
 }

@@ -157,7 +157,11 @@ func (s *Session) Send(msg Message) error {
 	if err := s.hub.checkMessage(msg); err != nil {
 		return err
 	}
-	if !s.enqueue(outMsg{typ: websocket.MessageType(msg.Type), data: msg.Data}) {
+	data := msg.Data
+	if s.positions {
+		data = frame("", data) // no offset: an empty head
+	}
+	if !s.enqueue(outMsg{typ: websocket.MessageType(msg.Type), data: data}) {
 		return ErrSessionClosed
 	}
 	s.hub.stats.delivered.Add(1)

@@ -88,10 +88,12 @@ func parseOffset(s string) (streamID, error) {
 	}
 	ms, err1 := strconv.ParseUint(s[:16], 16, 64)
 	seq, err2 := strconv.ParseUint(s[17:], 16, 64)
-	if err1 != nil || err2 != nil {
+	id := streamID{ms, seq}
+	if err1 != nil || err2 != nil || id.Offset() != s {
+		// Only the form handed out, so that offsets compare as strings.
 		return streamID{}, fmt.Errorf("%w: %q", backplane.ErrInvalidOffset, s)
 	}
-	return streamID{ms, seq}, nil
+	return id, nil
 }
 
 // splitWakeUp splits a wake-up message into its entry ID and payload.
@@ -274,10 +276,11 @@ func (s *subscriber) deliverEntry(redisChannel string, id streamID, payload stri
 	return true
 }
 
-// startPositions records, for channels about to be subscribed, where their
+// startPositions returns, for channels about to be subscribed, where their
 // logs end now, so that a catch-up after an outage knows where each one
-// starts even if nothing arrived for it before.
-func (s *subscriber) startPositions(ctx context.Context, names []string) error {
+// starts even if nothing arrived for it before. subscribe records them for
+// the channels it adds.
+func (s *subscriber) startPositions(ctx context.Context, names []string) (map[string]position, error) {
 	pipe := s.b.client.Pipeline()
 	cmds := make([]*goredis.XMessageSliceCmd, len(names))
 	for i, ch := range names {
@@ -285,14 +288,10 @@ func (s *subscriber) startPositions(ctx context.Context, names []string) error {
 	}
 	now := pipe.Time(ctx)
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-		return fmt.Errorf("%w: %w", backplane.ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", backplane.ErrUnavailable, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	starts := make(map[string]position, len(names))
 	for i, ch := range names {
-		if _, ok := s.last[ch]; ok {
-			continue
-		}
 		// Any entry added from now on sorts after this position.
 		pos := position{id: streamID{ms: uint64(now.Val().UnixMilli()) - 1, seq: ^uint64(0)}}
 		if msgs := cmds[i].Val(); len(msgs) > 0 {
@@ -300,7 +299,7 @@ func (s *subscriber) startPositions(ctx context.Context, names []string) error {
 				pos = position{id, true}
 			}
 		}
-		s.last[ch] = pos
+		starts[ch] = pos
 	}
-	return nil
+	return starts, nil
 }

@@ -383,8 +383,10 @@ func (s *subscriber) endGeneration(err error) bool {
 // subscribe adds names (Redis channels of this shard) and waits for their
 // confirmation. On failure the names this call added are dropped again.
 func (s *subscriber) subscribe(ctx context.Context, names []string) error {
+	var starts map[string]position
 	if s.b.opts.Mode == ModeStreams {
-		if err := s.startPositions(ctx, names); err != nil {
+		var err error
+		if starts, err = s.startPositions(ctx, names); err != nil {
 			return err
 		}
 	}
@@ -404,6 +406,9 @@ func (s *subscriber) subscribe(ctx context.Context, names []string) error {
 		if _, ok := s.want[ch]; !ok {
 			s.want[ch] = struct{}{}
 			added = append(added, ch)
+			if pos, ok := starts[ch]; ok {
+				s.last[ch] = pos
+			}
 		}
 		w.pending[ch] = s.unsubSent[ch]
 	}
