@@ -145,8 +145,11 @@ func (b *Backplane) readPage(ctx context.Context, key string, from position, lim
 	if from.real {
 		switch {
 		case len(msgs) == 0:
+			// The log is gone. It expires MaxAge after its last message,
+			// so nothing after a younger position can have expired; but a
+			// Redis that restarted since, without persistence, lost it.
 			age := now.Val().UnixMilli() - int64(from.id.ms)
-			retained = age < b.opts.MaxAge.Milliseconds()
+			retained = age < b.opts.MaxAge.Milliseconds() && !b.restartedSince(ctx, from.id.ms, now.Val())
 		case msgs[0].ID == from.id.String():
 			msgs = msgs[1:]
 		default:
@@ -165,6 +168,30 @@ func (b *Backplane) readPage(ctx context.Context, key string, from position, lim
 		entries = append(entries, entry{id, d})
 	}
 	return entries, retained, nil
+}
+
+// restartedSince reports whether the Redis server started after the time
+// ms (its own clock, in milliseconds), or cannot tell.
+func (b *Backplane) restartedSince(ctx context.Context, ms uint64, now time.Time) bool {
+	info, err := b.client.Info(ctx, "server").Result()
+	if err != nil {
+		return true
+	}
+	const key = "uptime_in_seconds:"
+	i := strings.Index(info, key)
+	if i < 0 {
+		return true
+	}
+	rest := info[i+len(key):]
+	if j := strings.IndexAny(rest, "\r\n"); j >= 0 {
+		rest = rest[:j]
+	}
+	up, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil {
+		return true
+	}
+	started := now.UnixMilli() - (up+1)*1000 // uptime is in whole seconds
+	return int64(ms) >= started
 }
 
 // Read returns up to limit messages of channel published after offset,

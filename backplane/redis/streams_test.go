@@ -570,3 +570,28 @@ func (oc *orderChecker) error() error {
 	defer oc.mu.Unlock()
 	return oc.err
 }
+
+// A Redis that restarts without persistence loses the logs: a node that
+// missed messages published just before is told so (Gap), not told that
+// an empty log means nothing happened.
+func TestStreamsRestartWithoutPersistenceIsAGap(t *testing.T) {
+	const ch = "c:lost"
+	srv := redistest.Start(t)
+	proxy := redistest.NewProxy(t, srv.Addr())
+	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}
+	a := newStreamsNode(t, srv.Addr(), o)
+	b := newStreamsNode(t, proxy.Addr(), o)
+	require.NoError(t, b.Subscribe(bg, ch))
+	require.NoError(t, a.Publish(bg, ch, []byte("seen")))
+	require.Eventually(t, func() bool { return b.rec.count(ch) == 1 }, streamsWait, 5*time.Millisecond)
+
+	from := len(b.events.all())
+	proxy.Cut()
+	down := b.events.waitKind(t, backplane.EventDown, from)
+	require.NoError(t, a.Publish(bg, ch, []byte("lost")))
+	srv.Kill(t)
+	srv.Restart(t) // no appendonly: the log is gone
+	proxy.Heal()
+	restored := b.events.waitKind(t, backplane.EventRestored, down)
+	assert.True(t, b.events.all()[restored].Gap, "the restart lost a message; events %v", b.events.all())
+}
