@@ -57,9 +57,11 @@ type subscriber struct {
 	// the current connection, so that a SUBSCRIBE confirmation that was
 	// sent before a later UNSUBSCRIBE does not release a later waiter.
 	unsubSent, unsubAcked map[string]uint64
-	// probeSent is when the oldest unanswered probe was published; zero
-	// when none is outstanding.
-	probeSent time.Time
+	// probeSent is when the oldest unanswered probe (number probeSeq) was
+	// accepted by Redis, or failed to be; zero when none is outstanding.
+	// probeAck is the highest probe number received.
+	probeSeq, probeAck uint64
+	probeSent          time.Time
 	// last is, in ModeStreams, the position of each held channel in its
 	// log: the last entry delivered, or where the log ended on Subscribe.
 	last    map[string]position
@@ -230,7 +232,12 @@ func (s *subscriber) receive(ps *goredis.PubSub, kill chan struct{}) error {
 func (s *subscriber) onMessage(m *goredis.Message) {
 	s.mu.Lock()
 	if m.Channel == s.probeC {
-		s.probeSent = time.Time{}
+		if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil && seq > s.probeAck {
+			s.probeAck = seq
+		}
+		if s.probeAck >= s.probeSeq {
+			s.probeSent = time.Time{}
+		}
 		s.mu.Unlock()
 		return
 	}
@@ -527,20 +534,31 @@ func (s *subscriber) probe(now time.Time, seq uint64) {
 		s.mu.Unlock()
 		return
 	}
-	if s.probeSent.IsZero() {
-		s.probeSent = now
-	} else if now.Sub(s.probeSent) > s.b.opts.ProbeTimeout {
+	if !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.b.opts.ProbeTimeout {
 		s.kickLocked(s.gen)
 		s.mu.Unlock()
 		return
 	}
+	gen := s.gen
 	s.mu.Unlock()
 	s.b.wg.Add(1)
 	go func() {
 		defer s.b.wg.Done()
 		ctx, cancel := context.WithTimeout(s.b.ctx, s.b.opts.ProbeInterval)
 		defer cancel()
-		_ = s.b.pub.publish(ctx, s.probeC, "", []byte(strconv.FormatUint(seq, 10)))
+		err := s.b.pub.publish(ctx, s.probeC, "", []byte(strconv.FormatUint(seq, 10)))
+		// The probe's clock starts when Redis took it (a busy publisher
+		// is not a dead subscription), or when publishing it failed (a
+		// link that is down both ways).
+		at := time.Now()
+		if err != nil {
+			at = now
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.gen == gen && s.probeSent.IsZero() && s.probeAck < seq {
+			s.probeSent, s.probeSeq = at, seq
+		}
 	}()
 }
 
