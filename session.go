@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"runtime/debug"
 	"sort"
 	"strconv"
@@ -252,6 +253,10 @@ func (s *Session) enqueue(m outMsg) bool {
 // idle session holds no writer goroutine.
 func (s *Session) writeLoop() {
 	defer s.wg.Done()
+	// Let the producer that started this writer (a fan-out to thousands
+	// of sessions, say) run on first, so that the first batch carries more
+	// than the one message that woke the writer.
+	runtime.Gosched()
 	var batch []outMsg
 	for {
 		s.mu.Lock()
