@@ -288,13 +288,11 @@ func (b *Backplane) Publish(ctx context.Context, channel string, payload []byte)
 	if b.isClosed() {
 		return backplane.ErrClosed
 	}
-	sh := b.shard(channel)
-	pre := b.shardPrefix(sh)
-	key := ""
-	if b.opts.Mode == ModeStreams {
-		key = pre + "log:" + channel
+	rc, key := b.redisNames(channel)
+	if b.opts.Mode != ModeStreams {
+		key = "" // no log
 	}
-	return b.pub.publish(ctx, pre+channel, key, payload)
+	return b.pub.publish(ctx, rc, key, payload)
 }
 
 // Subscribe adds channels to this node's interest and returns once Redis
@@ -493,9 +491,12 @@ func (b *Backplane) shardPrefix(shard int) string {
 	return b.opts.Prefix + "{" + strconv.Itoa(shard) + "}"
 }
 
-// redisChannel maps a wshub channel to its Redis channel.
-func (b *Backplane) redisChannel(channel string) string {
-	return b.shardPrefix(b.shard(channel)) + channel
+// redisNames maps a wshub channel to its Redis channel and the key of its
+// log (used in ModeStreams).
+func (b *Backplane) redisNames(channel string) (redisChannel, key string) {
+	pre := b.shardPrefix(b.shard(channel))
+	redisChannel = pre + channel
+	return redisChannel, logKey(pre, redisChannel)
 }
 
 // group validates channels and maps them to Redis names, by shard.

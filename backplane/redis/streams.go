@@ -221,8 +221,8 @@ func (b *Backplane) Read(ctx context.Context, channel, offset string, limit int)
 	if b.isClosed() {
 		return nil, backplane.ErrClosed
 	}
-	pre := b.shardPrefix(b.shard(channel))
-	entries, retained, err := b.readPage(ctx, pre+"log:"+channel, from, limit)
+	_, key := b.redisNames(channel)
+	entries, retained, err := b.readPage(ctx, key, from, limit)
 	if err != nil {
 		return nil, err
 	}
