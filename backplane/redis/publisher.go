@@ -58,6 +58,9 @@ func newPublisher(b *Backplane) *publisher {
 // publish queues one message and waits for Redis to take it. key is the
 // channel's log in ModeStreams, empty otherwise.
 func (p *publisher) publish(ctx context.Context, channel, key string, payload []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err // select would pick at random between queueing and giving up
+	}
 	r := reqPool.Get().(*pubReq)
 	r.channel, r.key, r.payload = channel, key, payload
 	r.state.Store(reqQueued)
