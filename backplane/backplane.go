@@ -39,8 +39,9 @@ var (
 	// registered.
 	ErrUnknownScheme = errors.New("backplane: unknown scheme")
 	// ErrNotRetained is returned by Log.Read when messages after the given
-	// offset may already have been dropped by retention: the reader cannot
-	// be brought up to date from the log and must reload its state.
+	// offset may already have been dropped by retention, or lost with the
+	// log: the reader cannot be brought up to date from the log and must
+	// reload its state.
 	ErrNotRetained = errors.New("backplane: not retained")
 	// ErrInvalidOffset is returned by Log.Read for an offset that the
 	// backplane did not hand out.
@@ -202,8 +203,29 @@ type Checker interface {
 }
 
 // OffsetHandler is a Handler that also receives each message's offset in
-// its channel. Offsets of one channel compare in publish order as strings.
+// its channel (see Log for what an offset is).
 type OffsetHandler func(channel, offset string, payload []byte)
+
+// SplitOffset splits an offset into its epoch and its position (see Log).
+// An offset without an epoch has an empty one.
+func SplitOffset(offset string) (epoch, position string) {
+	for i := 0; i < len(offset); i++ {
+		if offset[i] == ':' {
+			return offset[:i], offset[i+1:]
+		}
+	}
+	return "", offset
+}
+
+// OffsetAfter reports whether offset a comes after offset b in their
+// channel's log: a has another epoch (a log that was recreated starts
+// again, after everything of the older one), or the same epoch and a
+// later position.
+func OffsetAfter(a, b string) bool {
+	ea, pa := SplitOffset(a)
+	eb, pb := SplitOffset(b)
+	return ea != eb || pa > pb
+}
 
 // Entry is a message read back from a channel's log.
 type Entry struct {
@@ -214,6 +236,14 @@ type Entry struct {
 // Log is implemented by backplanes that keep a bounded log of every
 // channel, so that a reader that fell behind (a client that reconnects)
 // can be given exactly what it missed.
+//
+// An offset is "<epoch>:<position>". The epoch names one life of the
+// channel's log: it changes whenever the log is recreated after it was
+// lost (a server restarted without persistence, a key deleted or evicted, a
+// failover to a server without the data), so that a position in a lost log
+// is never mistaken for one in its successor. Positions of one epoch
+// compare in publish order as strings. A backplane whose logs cannot be
+// lost may use one epoch for ever.
 type Log interface {
 	// StartWithOffsets is Start with a handler that also receives each
 	// message's offset. Call one of Start and StartWithOffsets, once.
@@ -222,8 +252,10 @@ type Log interface {
 	// Read returns up to limit messages of channel published after offset,
 	// oldest first. An empty offset reads from the oldest message
 	// retained. It returns an error wrapping ErrNotRetained when messages
-	// after offset may have been dropped by retention, and one wrapping
-	// ErrInvalidOffset for an offset the backplane did not hand out. Fewer
-	// than limit messages means the reader is up to date.
+	// after offset may have been dropped by retention or lost with the log
+	// (offset is of another epoch than the log's), and one wrapping
+	// ErrInvalidOffset for an offset the backplane did not hand out,
+	// including one beyond the end of the log. Fewer than limit messages
+	// means the reader is up to date.
 	Read(ctx context.Context, channel, offset string, limit int) ([]Entry, error)
 }

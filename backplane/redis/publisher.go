@@ -23,6 +23,7 @@ const (
 type pubReq struct {
 	channel string // Redis channel
 	key     string // ModeStreams: the channel's log
+	ekey    string // ModeStreams: the channel's epoch key
 	payload []byte
 	state   atomic.Int32
 	done    chan error // buffered: the pipeline never waits for the caller
@@ -55,14 +56,14 @@ func newPublisher(b *Backplane) *publisher {
 	return p
 }
 
-// publish queues one message and waits for Redis to take it. key is the
-// channel's log in ModeStreams, empty otherwise.
-func (p *publisher) publish(ctx context.Context, channel, key string, payload []byte) error {
+// publish queues one message and waits for Redis to take it. key and ekey
+// are the channel's log and epoch key in ModeStreams, empty otherwise.
+func (p *publisher) publish(ctx context.Context, channel, key, ekey string, payload []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err // select would pick at random between queueing and giving up
 	}
 	r := reqPool.Get().(*pubReq)
-	r.channel, r.key, r.payload = channel, key, payload
+	r.channel, r.key, r.ekey, r.payload = channel, key, ekey, payload
 	r.state.Store(reqQueued)
 	select {
 	case p.queue <- r:
@@ -94,7 +95,7 @@ func (p *publisher) publish(ctx context.Context, channel, key string, payload []
 }
 
 func (p *publisher) recycle(r *pubReq) {
-	r.channel, r.key, r.payload = "", "", nil
+	r.channel, r.key, r.ekey, r.payload = "", "", "", nil
 	reqPool.Put(r)
 }
 
@@ -250,8 +251,9 @@ func (p *publisher) exec(pb *pipeBuf, live []*pubReq) ([]goredis.Cmder, error) {
 			if p.b.sharded {
 				pub = "SPUBLISH"
 			}
-			cmds = append(cmds, publishScript.EvalSha(p.b.ctx, pipe, []string{r.key},
-				r.channel, r.payload, p.b.opts.MaxLen, p.b.opts.MaxAge.Milliseconds(), pub))
+			cmds = append(cmds, publishScript.EvalSha(p.b.ctx, pipe, []string{r.key, r.ekey},
+				r.channel, r.payload, p.b.opts.MaxLen, p.b.opts.MaxAge.Milliseconds(), pub,
+				newEpoch(), p.b.opts.EpochTTL.Milliseconds()))
 		default:
 			cmd := pb.publishCmd(p.b.ctx, p.b.sharded, r.channel, r.payload)
 			_ = pipe.Process(p.b.ctx, cmd)

@@ -86,6 +86,16 @@ type Options struct {
 	// expires MaxAge after its last message. Default 5 minutes.
 	MaxAge time.Duration
 
+	// EpochTTL is, in ModeStreams, how long a channel's epoch key (about
+	// 100 bytes in Redis) outlives the channel's last message or
+	// subscription. The epoch tells a log that was lost (a restart without
+	// persistence, a failover to a server without the data) from one that
+	// is still the same, so that a node or client is never told it is up
+	// to date after a loss. A node that held a channel for longer than
+	// EpochTTL without a message in it reports a gap if it is cut off and
+	// messages arrive meanwhile. At least MaxAge. Default 24 hours.
+	EpochTTL time.Duration
+
 	// Logger receives the backplane's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -105,7 +115,7 @@ func (o *Options) withDefaults() (Options, error) {
 		c.Prefix = "wshub:"
 	}
 	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.Shards < 0 || c.Pipelines < 0 || c.MaxBatch < 0 ||
-		c.MaxLen < 0 || c.MaxAge < 0 {
+		c.MaxLen < 0 || c.MaxAge < 0 || c.EpochTTL < 0 {
 		return c, fmt.Errorf("%w: negative value", ErrInvalidOptions)
 	}
 	if c.ProbeInterval == 0 {
@@ -129,6 +139,12 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.MaxAge == 0 {
 		c.MaxAge = 5 * time.Minute
 	}
+	if c.EpochTTL == 0 {
+		c.EpochTTL = max(24*time.Hour, c.MaxAge)
+	}
+	if c.EpochTTL < c.MaxAge {
+		return c, fmt.Errorf("%w: EpochTTL %v is shorter than MaxAge %v", ErrInvalidOptions, c.EpochTTL, c.MaxAge)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -146,6 +162,11 @@ type Stats struct {
 	Resubscribes  uint64 // subscription connections rebuilt
 	Duplicates    uint64 // ModeStreams: messages dropped as already delivered
 	CaughtUp      uint64 // ModeStreams: messages delivered from the logs after an outage
+	// Malformed counts what arrived on a held channel that no node of
+	// this backplane published and that was dropped: in ModeStreams a
+	// message that is not a wake-up, or a wake-up whose entry ID is ahead
+	// of the Redis server's clock.
+	Malformed uint64
 }
 
 // Backplane is a wshub backplane on Redis pub/sub. Make one per node with
@@ -184,8 +205,9 @@ type Backplane struct {
 	stats struct {
 		published, publishErrors, received  atomic.Uint64
 		downs, restores, gaps, resubscribes atomic.Uint64
-		duplicates, caughtUp                atomic.Uint64
+		duplicates, caughtUp, malformed     atomic.Uint64
 	}
+	clock serverClock // ModeStreams: the Redis server's clock, as seen from here
 }
 
 var (
@@ -279,8 +301,9 @@ func (b *Backplane) start(h backplane.Handler, atH backplane.OffsetHandler) erro
 // Publish hands payload to Redis for every node subscribed to channel.
 // Concurrent calls are pipelined. It returns an error wrapping
 // backplane.ErrUnavailable when Redis refuses the message or cannot be
-// reached, and one wrapping ctx.Err() when ctx ends first; in that case the
-// message may or may not have been published.
+// reached, at once while the backplane knows its link to Redis is down, and
+// one wrapping ctx.Err() when ctx ends first; in that case the message may
+// or may not have been published.
 func (b *Backplane) Publish(ctx context.Context, channel string, payload []byte) error {
 	if channel == "" {
 		return backplane.ErrInvalidChannel
@@ -288,11 +311,16 @@ func (b *Backplane) Publish(ctx context.Context, channel string, payload []byte)
 	if b.isClosed() {
 		return backplane.ErrClosed
 	}
-	rc, key := b.redisNames(channel)
-	if b.opts.Mode != ModeStreams {
-		key = "" // no log
+	shard := b.shard(channel)
+	if err := b.shardDown(shard); err != nil {
+		return err
 	}
-	return b.pub.publish(ctx, rc, key, payload)
+	pre := b.shardPrefix(shard)
+	rc := pre + channel
+	if b.opts.Mode != ModeStreams {
+		return b.pub.publish(ctx, rc, "", "", payload)
+	}
+	return b.pub.publish(ctx, rc, logKey(pre, rc), epochKey(pre, rc), payload)
 }
 
 // Subscribe adds channels to this node's interest and returns once Redis
@@ -398,6 +426,7 @@ func (b *Backplane) Stats() Stats {
 		Resubscribes:  b.stats.resubscribes.Load(),
 		Duplicates:    b.stats.duplicates.Load(),
 		CaughtUp:      b.stats.caughtUp.Load(),
+		Malformed:     b.stats.malformed.Load(),
 	}
 }
 
@@ -491,12 +520,23 @@ func (b *Backplane) shardPrefix(shard int) string {
 	return b.opts.Prefix + "{" + strconv.Itoa(shard) + "}"
 }
 
-// redisNames maps a wshub channel to its Redis channel and the key of its
-// log (used in ModeStreams).
-func (b *Backplane) redisNames(channel string) (redisChannel, key string) {
-	pre := b.shardPrefix(b.shard(channel))
-	redisChannel = pre + channel
-	return redisChannel, logKey(pre, redisChannel)
+// names maps a wshub channel to its shard's prefix and its Redis channel.
+func (b *Backplane) names(channel string) (prefix, redisChannel string) {
+	prefix = b.shardPrefix(b.shard(channel))
+	return prefix, prefix + channel
+}
+
+// shardDown returns an error wrapping backplane.ErrUnavailable while the
+// subscription connection of shard is known to be down, so that a publish
+// fails at once instead of waiting for the client's dial retries.
+func (b *Backplane) shardDown(shard int) error {
+	b.mu.Lock()
+	s := b.subs[shard]
+	b.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	return s.downErr()
 }
 
 // group validates channels and maps them to Redis names, by shard.
@@ -579,7 +619,6 @@ func (b *Backplane) probeLoop() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.opts.ProbeInterval)
 	defer t.Stop()
-	var seq uint64
 	for {
 		select {
 		case <-b.ctx.Done():
@@ -592,10 +631,22 @@ func (b *Backplane) probeLoop() {
 			subs = append(subs, s)
 		}
 		b.mu.Unlock()
-		seq++
 		now := time.Now()
 		for _, s := range subs {
-			s.probe(now, seq)
+			s.probe(now)
 		}
+		if b.opts.Mode == ModeStreams {
+			ctx, cancel := context.WithTimeout(b.ctx, b.opts.ProbeInterval)
+			b.syncClock(ctx)
+			cancel()
+		}
+	}
+}
+
+// syncClock measures the Redis server's clock against this process's.
+func (b *Backplane) syncClock(ctx context.Context) {
+	sent := time.Now()
+	if t, err := b.client.Time(ctx).Result(); err == nil {
+		b.clock.observe(t, sent)
 	}
 }

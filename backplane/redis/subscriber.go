@@ -2,9 +2,10 @@ package redis
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -57,11 +58,13 @@ type subscriber struct {
 	// the current connection, so that a SUBSCRIBE confirmation that was
 	// sent before a later UNSUBSCRIBE does not release a later waiter.
 	unsubSent, unsubAcked map[string]uint64
-	// probeSent is when the oldest unanswered probe (number probeSeq) was
-	// accepted by Redis, or failed to be; zero when none is outstanding.
-	// probeAck is the highest probe number received.
-	probeSeq, probeAck uint64
-	probeSent          time.Time
+	// probeToken is the payload of the probe outstanding on the current
+	// generation, unguessable and matched exactly, so that nothing another
+	// client publishes on the probe channel counts as an answer; empty
+	// when none is outstanding. probeSent is when Redis accepted it, or
+	// when publishing it failed; zero before either.
+	probeToken string
+	probeSent  time.Time
 	// last is, in ModeStreams, the position of each held channel in its
 	// log: the last entry delivered, or where the log ended on Subscribe.
 	last    map[string]position
@@ -175,6 +178,7 @@ func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
 	s.ps = ps
 	s.gen++
 	s.up = false
+	s.probeToken, s.probeSent = "", time.Time{}
 	s.kill = make(chan struct{})
 	clear(s.unsubSent)
 	clear(s.unsubAcked)
@@ -232,11 +236,8 @@ func (s *subscriber) receive(ps *goredis.PubSub, kill chan struct{}) error {
 func (s *subscriber) onMessage(m *goredis.Message) {
 	s.mu.Lock()
 	if m.Channel == s.probeC {
-		if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil && seq > s.probeAck {
-			s.probeAck = seq
-		}
-		if s.probeAck >= s.probeSeq {
-			s.probeSent = time.Time{}
+		if s.probeToken != "" && m.Payload == s.probeToken {
+			s.probeToken, s.probeSent = "", time.Time{}
 		}
 		s.mu.Unlock()
 		return
@@ -254,14 +255,17 @@ func (s *subscriber) onMessage(m *goredis.Message) {
 		if catchingUp {
 			return
 		}
-		id, payload, ok := splitWakeUp(m.Payload)
-		if !ok {
-			// Not a wake-up: published by someone else. Let the hub
-			// count it as malformed.
-			s.b.deliver(s, m.Channel, m.Payload)
+		epoch, id, payload, ok := splitWakeUp(m.Payload)
+		if !ok || s.b.clock.ahead(id.ms) {
+			// Not a wake-up, or one with an ID Redis cannot have made
+			// yet: published by someone else. Installed as the
+			// channel's position, a forged ID from the future would
+			// make every real message after it look like a duplicate.
+			s.b.stats.malformed.Add(1)
+			s.b.log.Debug("redis backplane: dropped a message that is not a wake-up", "channel", m.Channel)
 			return
 		}
-		s.deliverEntry(m.Channel, id, payload)
+		s.deliverEntry(m.Channel, epoch, id, payload)
 		return
 	}
 	s.b.deliver(s, m.Channel, m.Payload)
@@ -362,7 +366,7 @@ func (s *subscriber) endGeneration(err error) bool {
 	closed := s.closed || s.b.ctx.Err() != nil
 	s.ps = nil
 	s.up = false
-	s.probeSent = time.Time{}
+	s.probeToken, s.probeSent = "", time.Time{}
 	report := !closed && !s.isDown && err != nil
 	if report {
 		s.isDown = true
@@ -402,10 +406,9 @@ func (s *subscriber) subscribe(ctx context.Context, names []string) error {
 		s.mu.Unlock()
 		return backplane.ErrClosed
 	}
-	if s.ps == nil && s.isDown {
-		err := s.lastErr
+	if err := s.downErrLocked(); err != nil {
 		s.mu.Unlock()
-		return fmt.Errorf("%w: %w", backplane.ErrUnavailable, err)
+		return err
 	}
 	w := &waiter{pending: make(map[string]uint64, len(names)), done: make(chan struct{})}
 	var added []string
@@ -526,19 +529,28 @@ func (s *subscriber) kickLocked(gen uint64) {
 	}
 }
 
-// probe publishes a probe on the shard, and ends the generation when an
-// earlier probe has been outstanding longer than ProbeTimeout.
-func (s *subscriber) probe(now time.Time, seq uint64) {
+// probe publishes a probe on the shard, unless one is outstanding, and
+// ends the generation when that one has been outstanding longer than
+// ProbeTimeout.
+func (s *subscriber) probe(now time.Time) {
 	s.mu.Lock()
 	if s.ps == nil || !s.up {
 		s.mu.Unlock()
 		return
 	}
-	if !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.b.opts.ProbeTimeout {
-		s.kickLocked(s.gen)
+	if s.probeToken != "" {
+		if !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.b.opts.ProbeTimeout {
+			s.kickLocked(s.gen)
+		}
 		s.mu.Unlock()
 		return
 	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	// The token is set before the probe is sent: its answer may come
+	// back before Publish returns.
+	s.probeToken = token
 	gen := s.gen
 	s.mu.Unlock()
 	s.b.wg.Add(1)
@@ -546,7 +558,7 @@ func (s *subscriber) probe(now time.Time, seq uint64) {
 		defer s.b.wg.Done()
 		ctx, cancel := context.WithTimeout(s.b.ctx, s.b.opts.ProbeInterval)
 		defer cancel()
-		err := s.b.pub.publish(ctx, s.probeC, "", []byte(strconv.FormatUint(seq, 10)))
+		err := s.b.pub.publish(ctx, s.probeC, "", "", []byte(token))
 		// The probe's clock starts when Redis took it (a busy publisher
 		// is not a dead subscription), or when publishing it failed (a
 		// link that is down both ways).
@@ -556,8 +568,8 @@ func (s *subscriber) probe(now time.Time, seq uint64) {
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.gen == gen && s.probeSent.IsZero() && s.probeAck < seq {
-			s.probeSent, s.probeSeq = at, seq
+		if s.gen == gen && s.probeToken == token && s.probeSent.IsZero() {
+			s.probeSent = at
 		}
 	}()
 }
@@ -574,6 +586,21 @@ func (s *subscriber) health(now time.Time) error {
 		return errors.New("connecting")
 	case !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.b.opts.ProbeTimeout:
 		return errProbeLost
+	}
+	return nil
+}
+
+// downErr returns an error wrapping backplane.ErrUnavailable while the
+// shard's link to Redis is known to be down, and nil otherwise.
+func (s *subscriber) downErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.downErrLocked()
+}
+
+func (s *subscriber) downErrLocked() error {
+	if s.ps == nil && s.isDown {
+		return fmt.Errorf("%w: %w", backplane.ErrUnavailable, s.lastErr)
 	}
 	return nil
 }
