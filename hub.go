@@ -41,6 +41,7 @@ type Hub struct {
 	ownBP    bool
 	inbox    string
 	interest *interest
+	gates    joinGates
 
 	// ctx is the hub's lifetime; every session's context derives from it.
 	ctx    context.Context
@@ -117,6 +118,7 @@ func New(opts *Options) (*Hub, error) {
 		return nil, fmt.Errorf("wshub: start backplane: %w", err)
 	}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
+	h.gates.h = h
 	h.interest = newInterest(h.bp, h.log, o.SubscribeTimeout)
 	h.interest.acquire(h.inbox)
 	return h, nil
@@ -145,7 +147,8 @@ func (h *Hub) Stats() Stats {
 
 // ServeHTTP authenticates the request, upgrades it to a WebSocket and serves
 // the session until it ends. Before any upgrade it answers 401 when
-// Options.Authenticate fails, 403 for a refused origin, 503 once the hub is
+// Options.Authenticate fails, 403 for a refused origin, 400 for resume
+// parameters it cannot use (see SinceParam, ClientParam), 503 once the hub is
 // closing or when the backplane cannot confirm the user's subscription in
 // time, 500 when Authenticate returns an over-long user ID or OnConnect
 // panics, 501 when the ResponseWriter cannot hijack the connection, and what
@@ -194,10 +197,17 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	rp, err := parseResume(r)
+	if err != nil {
+		h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "err", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	since := rp.since
 	s := h.newSession(r, userID)
 	s.packed = r.URL.Query().Get(BatchParam) != ""
-	var since map[string]string
-	if s.positions, since = parseResume(r); since != nil {
+	s.positions, s.clientKey = rp.positions, rp.client
+	if since != nil {
 		s.startResume(since)
 	}
 	if err := h.register(r.Context(), s); err != nil {
@@ -464,7 +474,9 @@ type broadcastOptions struct {
 }
 
 // Except leaves the session with the given ID out of a broadcast, for
-// example the session that sent the message being relayed.
+// example the session that sent the message being relayed. When that
+// session is on this node and its client named itself with ClientParam,
+// the client is also left out when it resumes on a new session.
 func Except(sessionID string) BroadcastOption {
 	return func(o *broadcastOptions) { o.except = sessionID }
 }
@@ -482,8 +494,18 @@ func (h *Hub) Broadcast(ctx context.Context, topic string, msg Message, opts ...
 	for _, o := range opts {
 		o(&bo)
 	}
+	var client string
+	if bo.except != "" {
+		// The client behind a local session is left out of the
+		// broadcast when it resumes on a new session, too.
+		h.mu.RLock()
+		if s := h.sessions[bo.except]; s != nil {
+			client = s.clientKey
+		}
+		h.mu.RUnlock()
+	}
 	return h.publish(ctx, topicPrefix+topic, &envelope.Envelope{
-		Op: envelope.OpTopic, Flags: flags(msg), Target: topic, Arg: bo.except, Payload: msg.Data,
+		Op: envelope.OpTopic, Flags: flags(msg), Target: topic, Arg: bo.except, Client: client, Payload: msg.Data,
 	})
 }
 
@@ -505,7 +527,10 @@ func (h *Hub) SendSession(ctx context.Context, sessionID string, msg Message) er
 
 // Join adds every session that userID has now, on every node, to topic. It
 // returns once the request is on the backplane; each node applies it when it
-// arrives. Sessions the user opens later are not joined: join those in
+// arrives. A node holds back what arrives for the user after the Join
+// until its subscription to topic is confirmed, so a user who received a
+// message sent after Join also receives the topic's later broadcasts.
+// Sessions the user opens later are not joined: join those in
 // Options.OnConnect.
 func (h *Hub) Join(ctx context.Context, userID, topic string) error {
 	return h.control(ctx, envelope.OpJoin, userID, topic)
@@ -548,47 +573,69 @@ func (h *Hub) receive(channel string, payload []byte) {
 }
 
 // receiveAt is receive for a message with its offset in channel's log.
+// What arrives on a user's channel while a Join of that user waits for its
+// topic's subscription is held back in order (see joinGate).
 func (h *Hub) receiveAt(channel, off string, payload []byte) {
+	if h.gates.hold(channel, off, payload) {
+		return
+	}
+	if f := h.handle(channel, off, payload); f != nil {
+		h.gates.open(channel, f)
+	}
+}
+
+// handle applies one message from the backplane. For a Join that a local
+// session took part in, it returns the flush that confirms the topic's
+// subscription, which later messages on channel must wait for.
+func (h *Hub) handle(channel, off string, payload []byte) *flush {
 	e, err := envelope.Decode(payload)
+	if err == nil && (len(e.Payload) > h.opts.MaxMessageSize || len(e.Target) > 2*MaxNameLength) {
+		err = fmt.Errorf("payload of %d bytes or target of %d: over the hub's limits", len(e.Payload), len(e.Target))
+	}
 	if err != nil {
 		h.stats.malformed.Add(1)
 		h.log.Debug("wshub: dropped malformed backplane message", "channel", channel, "err", err)
-		return
+		return nil
 	}
-	msg := outMsg{typ: websocket.MessageText, data: e.Payload}
+	d := delivery{msg: outMsg{typ: websocket.MessageText, data: e.Payload}, channel: channel, off: off}
 	if e.Flags&envelope.FlagBinary != 0 {
-		msg.typ = websocket.MessageBinary
+		d.msg.typ = websocket.MessageBinary
 	}
 	switch e.Op {
 	case envelope.OpUser:
 		h.mu.RLock()
-		h.fanOut(h.users[e.Target], msg, "", channel, off)
+		h.fanOut(h.users[e.Target], &d, "")
 		h.mu.RUnlock()
 	case envelope.OpTopic:
 		h.mu.RLock()
-		h.fanOut(h.topics[e.Target], msg, e.Arg, channel, off)
+		h.fanOut(h.topics[e.Target], &d, e.Arg)
 		h.mu.RUnlock()
 	case envelope.OpSession:
 		h.mu.RLock()
 		s := h.sessions[e.Target]
 		h.mu.RUnlock()
-		if s != nil && s.deliver(msg, channel, "") {
+		d.off = ""
+		if s != nil && s.deliver(&d) {
 			h.stats.delivered.Add(1)
 		}
 	case envelope.OpJoin, envelope.OpLeave:
 		if checkName(e.Arg, ErrInvalidTopic) != nil {
 			h.stats.malformed.Add(1)
-			return
+			return nil
 		}
+		var f *flush
 		h.mu.Lock()
 		for s := range h.users[e.Target] {
 			if e.Op == envelope.OpJoin {
-				h.joinLocked(s, e.Arg)
+				if g := h.joinLocked(s, e.Arg); g != nil {
+					f = g
+				}
 			} else {
 				h.leaveLocked(s, e.Arg)
 			}
 		}
 		h.mu.Unlock()
+		return f
 	case envelope.OpFlush:
 		h.mu.Lock()
 		if ch, ok := h.flushes[e.Target]; ok {
@@ -600,7 +647,7 @@ func (h *Hub) receiveAt(channel, off string, payload []byte) {
 		code := StatusCode(e.Code)
 		if e.Code > 4999 || !validStatus(code, e.Arg) {
 			h.stats.malformed.Add(1)
-			return
+			return nil
 		}
 		h.mu.RLock()
 		list := make([]*Session, 0, len(h.users[e.Target]))
@@ -612,15 +659,15 @@ func (h *Hub) receiveAt(channel, off string, payload []byte) {
 			_ = s.Close(code, e.Arg)
 		}
 	}
+	return nil
 }
 
-// fanOut queues msg, which came on channel with offset off, to every
-// session in set but the one with ID except. The caller holds h.mu for
-// reading.
-func (h *Hub) fanOut(set map[*Session]struct{}, msg outMsg, except, channel, off string) {
+// fanOut queues d to every session in set but the one with ID except. The
+// caller holds h.mu for reading.
+func (h *Hub) fanOut(set map[*Session]struct{}, d *delivery, except string) {
 	var n uint64
 	for s := range set {
-		if s.id != except && s.deliver(msg, channel, off) {
+		if s.id != except && s.deliver(d) {
 			n++
 		}
 	}
@@ -745,6 +792,7 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	}
 	h.cancel()
 	h.interest.close()
+	h.gates.close()
 
 	if h.ownBP {
 		return errors.Join(err, h.bp.Close())

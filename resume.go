@@ -2,6 +2,7 @@ package wshub
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -24,12 +25,30 @@ const (
 	// SinceParam, repeated, gives the head of the last message the client
 	// received on a channel: "<offset> <channel>". The hub sends what the
 	// client missed on that channel before anything newer, or tells it
-	// "!not-recovered". It implies PositionsParam.
+	// "!not-recovered". It implies PositionsParam. The channel is "u:" or
+	// "t:" and a name of at most MaxNameLength bytes, and the offset at
+	// most maxOffset bytes; an upgrade with another one is refused with
+	// 400.
 	SinceParam = "wshub_since"
+	// ClientParam names the client behind the connection: a key the client
+	// makes once (per browser tab, say) and sends with every connection,
+	// 1 to 64 letters, digits, '-' or '_'. A resume then also skips the
+	// broadcasts that the client's earlier connections were left out of
+	// with Except: the messages a chat client sent itself, say. Another
+	// tab of the same user, with its own key, still gets them.
+	ClientParam = "wshub_client"
 )
 
-// maxSince bounds the channels one connection may ask to resume.
-const maxSince = 64
+// Limits on what a client may ask to resume.
+const (
+	maxSince     = 64  // channels one connection may ask to resume
+	maxOffset    = 128 // bytes of an offset
+	maxClientKey = 64  // bytes of a client key
+)
+
+// errBadResume is why an upgrade with unusable resume parameters is
+// refused.
+var errBadResume = errors.New("wshub: bad resume parameters")
 
 // resumeState is a session's resume in progress, guarded by Session.mu.
 // Live messages of a channel being recovered wait in pending until the
@@ -51,24 +70,67 @@ type pendingMsg struct {
 	off string
 }
 
-// parseResume reads the resume parameters of an upgrade request.
-func parseResume(r *http.Request) (positions bool, since map[string]string) {
+// resumeParams are the resume parameters of an upgrade request.
+type resumeParams struct {
+	positions bool
+	since     map[string]string // channel → offset to resume after
+	client    string            // ClientParam
+}
+
+// parseResume reads the resume parameters of an upgrade request. It
+// refuses, with an error wrapping errBadResume, channels that are not a
+// user's or a topic's or exceed the hub's name limits, over-long offsets,
+// more than maxSince channels and malformed client keys, so that nothing
+// unbounded is kept or echoed back.
+func parseResume(r *http.Request) (resumeParams, error) {
 	q := r.URL.Query()
-	for i, v := range q[SinceParam] {
-		if i == maxSince {
-			break
-		}
+	var p resumeParams
+	if vs := q[SinceParam]; len(vs) > maxSince {
+		return p, fmt.Errorf("%w: %d %s, at most %d", errBadResume, len(vs), SinceParam, maxSince)
+	}
+	for _, v := range q[SinceParam] {
 		off, esc, ok := strings.Cut(v, " ")
 		ch, err := url.PathUnescape(esc)
-		if !ok || off == "" || err != nil || ch == "" {
-			continue
+		if !ok || off == "" || len(off) > maxOffset || err != nil || !resumable(ch) {
+			return p, fmt.Errorf("%w: %s %.40q", errBadResume, SinceParam, v)
 		}
-		if since == nil {
-			since = make(map[string]string)
+		if p.since == nil {
+			p.since = make(map[string]string)
 		}
-		since[ch] = off
+		p.since[ch] = off
 	}
-	return q.Get(PositionsParam) != "" || since != nil, since
+	if c := q.Get(ClientParam); c != "" || q.Has(ClientParam) {
+		if !validClientKey(c) {
+			return p, fmt.Errorf("%w: %s %.40q", errBadResume, ClientParam, c)
+		}
+		p.client = c
+	}
+	p.positions = q.Get(PositionsParam) != "" || p.since != nil
+	return p, nil
+}
+
+// resumable reports whether ch is a channel a client may resume: a user's
+// or a topic's, with a name within the hub's limits.
+func resumable(ch string) bool {
+	name, ok := strings.CutPrefix(ch, userPrefix)
+	if !ok {
+		name, ok = strings.CutPrefix(ch, topicPrefix)
+	}
+	return ok && name != "" && len(name) <= MaxNameLength
+}
+
+// validClientKey reports whether k is a client key ClientParam accepts.
+func validClientKey(k string) bool {
+	if k == "" || len(k) > maxClientKey {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // head returns the positions framing's head for a message.
@@ -87,14 +149,30 @@ func frame(h string, data []byte) []byte {
 	return append(b, data...)
 }
 
-// deliver queues a message of channel (with its offset in the channel's
-// log, if any) to s, in the positions framing if s asked for it, and holds
-// it back while s recovers that channel.
-func (s *Session) deliver(m outMsg, channel, off string) bool {
-	if !s.positions {
-		return s.enqueue(m)
+// delivery is one message from the backplane on its way to this node's
+// sessions: the message, where it came from and, built once on first need
+// and shared by every recipient, its positions framing.
+type delivery struct {
+	msg          outMsg
+	channel, off string
+	framed       []byte
+}
+
+// framedMsg returns the message in the positions framing.
+func (d *delivery) framedMsg() outMsg {
+	if d.framed == nil {
+		d.framed = frame(head(d.off, d.channel), d.msg.data)
 	}
-	m.data = frame(head(off, channel), m.data)
+	return outMsg{typ: d.msg.typ, data: d.framed}
+}
+
+// deliver queues d to s, in the positions framing if s asked for it, and
+// holds it back while s recovers d's channel.
+func (s *Session) deliver(d *delivery) bool {
+	if !s.positions {
+		return s.enqueue(d.msg)
+	}
+	m, channel, off := d.framedMsg(), d.channel, d.off
 	if off != "" {
 		s.mu.Lock()
 		if rs := s.rs; rs != nil {
@@ -111,7 +189,7 @@ func (s *Session) deliver(m outMsg, channel, off string) bool {
 				s.mu.Unlock()
 				return !rs.overflow[channel]
 			}
-			if f, ok := rs.floor[channel]; ok && off <= f {
+			if f, ok := rs.floor[channel]; ok && !backplane.OffsetAfter(off, f) {
 				s.mu.Unlock()
 				return false // recovered already
 			}
@@ -218,8 +296,8 @@ func (s *Session) recovered(ch string, e backplane.Entry) (outMsg, bool) {
 	if err != nil || (env.Op != envelope.OpUser && env.Op != envelope.OpTopic) {
 		return outMsg{}, false
 	}
-	if env.Op == envelope.OpTopic && env.Arg == s.id {
-		return outMsg{}, false // a broadcast that left this session out
+	if env.Op == envelope.OpTopic && (env.Arg == s.id || (s.clientKey != "" && env.Client == s.clientKey)) {
+		return outMsg{}, false // a broadcast that left this client out
 	}
 	m := outMsg{typ: websocket.MessageText, data: frame(head(e.Offset, ch), env.Payload)}
 	if env.Flags&envelope.FlagBinary != 0 {
@@ -282,7 +360,7 @@ func (s *Session) release(ch, status, last string) {
 		s.rs.pending[ch] = pend[:0:0]
 		s.mu.Unlock()
 		for _, p := range pend {
-			if p.off <= last {
+			if last != "" && !backplane.OffsetAfter(p.off, last) {
 				continue
 			}
 			if !s.waitRoom(len(p.m.data)) {

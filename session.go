@@ -53,6 +53,8 @@ type Session struct {
 	// packed is set for a connection that asked for the batched framing
 	// (see batch.go), before the session can receive anything.
 	packed bool
+	// clientKey is the client's ClientParam, if it sent one.
+	clientKey string
 
 	stopHubLink func() bool  // unlinks ctx from the hub's lifetime
 	inHook      atomic.Bool  // OnMessage is running: nobody reads pongs

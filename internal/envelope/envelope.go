@@ -5,10 +5,12 @@
 //
 //	byte 0      version (1)
 //	byte 1      op
-//	byte 2      flags (bit 0: binary payload)
+//	byte 2      flags (bit 0: binary payload; bit 1: client follows code)
 //	uvarint n + n bytes   target (user ID, topic or session ID)
 //	uvarint n + n bytes   arg (excluded session ID, topic, or close reason)
 //	uvarint     code (close status code for OpDisconnect, else 0)
+//	uvarint n + n bytes   client, only with bit 1: the client key of the
+//	                      excluded session of an OpTopic
 //	rest        payload, byte for byte
 //
 // The payload is last so that a decoded envelope shares its bytes with the
@@ -40,8 +42,14 @@ const (
 	opMax
 )
 
-// FlagBinary marks a binary payload; without it the payload is text.
-const FlagBinary byte = 1
+// Flags.
+const (
+	// FlagBinary marks a binary payload; without it the payload is text.
+	FlagBinary byte = 1
+	// flagClient marks an envelope with a Client field. Encode sets it
+	// when Client is not empty.
+	flagClient byte = 2
+)
 
 // ErrMalformed is returned by Decode for bytes that are not a valid envelope.
 var ErrMalformed = errors.New("envelope: malformed")
@@ -53,24 +61,40 @@ type Envelope struct {
 	Target  string
 	Arg     string
 	Code    uint64
+	// Client is, for an OpTopic, the client key of the excluded session
+	// (see Arg), so that the same client resuming on a new session still
+	// skips what was excluded from its earlier one.
+	Client  string
 	Payload []byte
 }
 
 // Size returns the number of bytes Encode will write for e.
 func (e *Envelope) Size() int {
-	return 3 + uvarintLen(uint64(len(e.Target))) + len(e.Target) +
+	n := 3 + uvarintLen(uint64(len(e.Target))) + len(e.Target) +
 		uvarintLen(uint64(len(e.Arg))) + len(e.Arg) + uvarintLen(e.Code) + len(e.Payload)
+	if e.Client != "" {
+		n += uvarintLen(uint64(len(e.Client))) + len(e.Client)
+	}
+	return n
 }
 
 // Encode returns e in wire form, in one allocation.
 func (e *Envelope) Encode() []byte {
 	b := make([]byte, 0, e.Size())
-	b = append(b, Version, byte(e.Op), e.Flags)
+	flags := e.Flags &^ flagClient
+	if e.Client != "" {
+		flags |= flagClient
+	}
+	b = append(b, Version, byte(e.Op), flags)
 	b = binary.AppendUvarint(b, uint64(len(e.Target)))
 	b = append(b, e.Target...)
 	b = binary.AppendUvarint(b, uint64(len(e.Arg)))
 	b = append(b, e.Arg...)
 	b = binary.AppendUvarint(b, e.Code)
+	if e.Client != "" {
+		b = binary.AppendUvarint(b, uint64(len(e.Client)))
+		b = append(b, e.Client...)
+	}
 	return append(b, e.Payload...)
 }
 
@@ -87,7 +111,7 @@ func Decode(b []byte) (Envelope, error) {
 	if e.Op == 0 || e.Op >= opMax {
 		return e, fmt.Errorf("%w: op %d", ErrMalformed, b[1])
 	}
-	if e.Flags&^FlagBinary != 0 {
+	if e.Flags&^(FlagBinary|flagClient) != 0 {
 		return e, fmt.Errorf("%w: flags %#x", ErrMalformed, e.Flags)
 	}
 	rest := b[3:]
@@ -103,7 +127,14 @@ func Decode(b []byte) (Envelope, error) {
 		return e, fmt.Errorf("%w: code", ErrMalformed)
 	}
 	e.Code = code
-	e.Payload = rest[n:]
+	rest = rest[n:]
+	if e.Flags&flagClient != 0 {
+		if e.Client, rest, err = readString(rest); err != nil || e.Client == "" {
+			return e, fmt.Errorf("%w: client", ErrMalformed)
+		}
+		e.Flags &^= flagClient
+	}
+	e.Payload = rest
 	return e, nil
 }
 

@@ -17,6 +17,7 @@ func TestRoundTrip(t *testing.T) {
 	}{
 		{"user text", Envelope{Op: OpUser, Target: "42", Payload: []byte("hello")}},
 		{"topic binary except", Envelope{Op: OpTopic, Flags: FlagBinary, Target: "room", Arg: "n1.7", Payload: []byte{0, 1, 2, 255}}},
+		{"topic except client", Envelope{Op: OpTopic, Target: "room", Arg: "n1.7", Client: "tab-1", Payload: []byte("x")}},
 		{"empty payload", Envelope{Op: OpSession, Target: "n1.1", Payload: []byte{}}},
 		{"disconnect", Envelope{Op: OpDisconnect, Target: "u", Arg: "bye", Code: 4000}},
 		{"long target", Envelope{Op: OpJoin, Target: string(bytes.Repeat([]byte("x"), 300)), Arg: "t"}},
@@ -34,6 +35,7 @@ func TestRoundTrip(t *testing.T) {
 			assert.Equal(t, tt.e.Target, got.Target)
 			assert.Equal(t, tt.e.Arg, got.Arg)
 			assert.Equal(t, tt.e.Code, got.Code)
+			assert.Equal(t, tt.e.Client, got.Client)
 			assert.True(t, bytes.Equal(tt.e.Payload, got.Payload), "payload byte for byte")
 		})
 	}
@@ -50,7 +52,9 @@ func TestDecodeMalformed(t *testing.T) {
 		{"bad version", []byte{2, 1, 0, 0, 0, 0}},
 		{"op zero", []byte{1, 0, 0, 0, 0, 0}},
 		{"op too big", []byte{1, byte(opMax), 0, 0, 0, 0}},
-		{"bad flags", []byte{1, 1, 2, 0, 0, 0}},
+		{"bad flags", []byte{1, 1, 4, 0, 0, 0}},
+		{"client flag without client", []byte{1, 2, 2, 0, 0, 0}},
+		{"empty client", []byte{1, 2, 2, 0, 0, 0, 0}},
 		{"target overruns", []byte{1, 1, 0, 10, 'a'}},
 		{"no arg", []byte{1, 1, 0, 1, 'a'}},
 		{"no code", []byte{1, 1, 0, 1, 'a', 0}},

@@ -1,0 +1,102 @@
+package wshub
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wshub/wshub/backplane"
+	wsredis "github.com/wshub/wshub/backplane/redis"
+	"github.com/wshub/wshub/internal/redistest"
+)
+
+// A cluster-wide Join is in effect on every node before anything sent to
+// the user after it: once bob's device has a notice sent after the Join,
+// the room's next broadcast reaches him. Each of 300 rounds joins a new
+// room, so every round waits for a new subscription.
+func TestJoinIsInEffectBeforeWhatFollowsIt(t *testing.T) {
+	srv := redistest.Start(t)
+	makers := map[string]clusterMaker{
+		"memory": newCluster,
+		"redis pubsub": func(t *testing.T, n int, tweak func(int, *Options)) *cluster {
+			return newRedisCluster(t, n, tweak, func() goredis.UniversalClient {
+				return goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+			})
+		},
+		"redis streams": func(t *testing.T, n int, tweak func(int, *Options)) *cluster {
+			return newRedisClusterMode(t, n, tweak, wsredis.ModeStreams, func() goredis.UniversalClient {
+				return goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
+			})
+		},
+	}
+	for name, mk := range makers {
+		t.Run(name, func(t *testing.T) {
+			c := mk(t, 2, nil)
+			a, b := c.nodes[0], c.nodes[1]
+			bob := dial(t, b, "bob")
+			const rounds = 300
+			for i := 0; i < rounds; i++ {
+				room := fmt.Sprint("room-", i)
+				require.NoError(t, a.hub.Join(bg, "bob", room))
+				require.NoError(t, a.hub.Send(bg, "bob", Text("joined "+room)))
+				require.Equal(t, "joined "+room, bob.nextText())
+				require.NoError(t, a.hub.Broadcast(bg, room, Text("in "+room)))
+				require.Equal(t, "in "+room, bob.nextText(), "the broadcast after the notice reached bob")
+			}
+		})
+	}
+}
+
+// What a user's channel holds back behind a Join is bounded: a flood to
+// the user while the subscription cannot be confirmed goes through, in
+// order, instead of growing the node.
+func TestJoinGateIsBounded(t *testing.T) {
+	stuck := &blockableSubscribe{block: make(chan struct{})}
+	defer close(stuck.block)
+	c := newCluster(t, 2, func(i int, o *Options) {
+		o.SendQueueLen = 3 * gateMessages
+		o.SubscribeTimeout = time.Hour
+		if i == 1 {
+			stuck.Backplane = o.Backplane
+			o.Backplane = stuck
+		}
+	})
+	a, b := c.nodes[0], c.nodes[1]
+	bob := dial(t, b, "bob")
+	// From now on b's subscriptions cannot be confirmed: its interest
+	// manager waits on a backplane call that does not return.
+	stuck.blocked.Store(true)
+
+	require.NoError(t, a.hub.Join(bg, "bob", "stuck"))
+	n := gateMessages + 10
+	for i := 0; i < n; i++ {
+		require.NoError(t, a.hub.Send(bg, "bob", Text(fmt.Sprint(i))))
+	}
+	for i := 0; i < n; i++ {
+		require.Equal(t, fmt.Sprint(i), bob.nextText(), "in order")
+	}
+}
+
+// blockableSubscribe is a backplane whose Subscribe, once blocked, waits
+// until block is closed or its context ends.
+type blockableSubscribe struct {
+	backplane.Backplane
+	blocked atomic.Bool
+	block   chan struct{}
+}
+
+func (b *blockableSubscribe) Subscribe(ctx context.Context, channels ...string) error {
+	if b.blocked.Load() {
+		select {
+		case <-b.block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return b.Backplane.Subscribe(ctx, channels...)
+}
