@@ -57,8 +57,12 @@
 // session holds once OnConnect has run, the hub queues what the client missed,
 // read from the log page by page, then the head "!recovered <channel>", then
 // live messages, with no duplicates; or "!not-recovered <channel>" when the
-// log no longer has what it missed, so that the application reloads its state.
-// Control operations (Join, Leave, Disconnect) are never replayed.
+// log no longer has what it missed (trimmed, or lost: offsets carry the log's
+// epoch), or the head is not one the log handed out, so that the application
+// reloads its state. A client that sends wshub_client (ClientParam) with a key
+// of its own is also spared the broadcasts its earlier connections were left
+// out of with Except. Control operations (Join, Leave, Disconnect) are never
+// replayed.
 //
 // # Sessions and slow clients
 //

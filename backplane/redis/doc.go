@@ -30,15 +30,27 @@
 // expiring MaxAge after its last message. A publish is one script that
 // appends to the log and publishes a wake-up with the entry's ID and the
 // payload, so live delivery needs no extra read and wake-ups arrive in log
-// order. Every message has an offset in its channel.
+// order. Every message has an offset in its channel, "<epoch>:<position>".
+//
+// The epoch names the log's current life and is kept in a small key beside
+// it that outlives it (Options.EpochTTL). A log lost with its epoch key (a
+// restart without persistence, FLUSHALL, a failover to a server without the
+// data, eviction) comes back with a new epoch, so a node or client whose
+// position is in the old one is told of a gap, or gets ErrNotRetained, and
+// never that it is up to date. No loss needs Redis persistence
+// (appendonly) and maxmemory-policy noeviction. A wake-up that is not one,
+// or whose entry ID is ahead of the Redis clock, is dropped and counted in
+// Stats.Malformed.
 //
 // A node whose subscription connection was lost catches up from the logs
 // before it delivers anything live: from the last entry it delivered on each
 // channel (or where the log ended when it subscribed), page by page, dropping
 // live copies of what it read. EventRestored has Gap set only when a log no
-// longer held everything the node missed. Backplane.Read serves clients that
-// resume from an offset (see the wshub package, "Resume"), in pages, and
-// returns backplane.ErrNotRetained when retention dropped what they missed.
+// longer held everything the node missed, or the log was lost. Backplane.Read
+// serves clients that resume from an offset (see the wshub package,
+// "Resume"), in pages, and returns backplane.ErrNotRetained when retention
+// dropped what they missed or the log was lost, and
+// backplane.ErrInvalidOffset for an offset beyond the log's last entry.
 //
 // Redis 7 gives a new stream a 4 KB block, so each channel with a live log
 // costs about 4.7 KB of Redis memory, plus roughly 90 bytes per retained

@@ -24,7 +24,8 @@ func init() {
 //
 // The options of this package are query parameters: mode (pubsub or
 // streams), prefix, probe_interval, probe_timeout (durations such as
-// 500ms), shards, pipelines, max_batch, and for streams max_len and max_age. cluster=true connects to a Redis Cluster, with
+// 500ms), shards, pipelines, max_batch, and for streams max_len, max_age and
+// epoch_ttl. cluster=true connects to a Redis Cluster, with
 // more seed nodes given as addr=host:port parameters. Every other parameter
 // goes to go-redis (ParseURL or ParseClusterURL), for example
 // dial_timeout=2s or pool_size=20.
@@ -95,6 +96,7 @@ func parseQuery(u *url.URL) (*Options, *url.URL, bool, error) {
 	take("max_batch", num(&o.MaxBatch))
 	take("max_len", num(&o.MaxLen))
 	take("max_age", dur(&o.MaxAge))
+	take("epoch_ttl", dur(&o.EpochTTL))
 	take("cluster", func(v string) (err error) { cluster, err = strconv.ParseBool(v); return err })
 	if err != nil {
 		return nil, nil, false, err
