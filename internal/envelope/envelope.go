@@ -56,11 +56,11 @@ var ErrMalformed = errors.New("envelope: malformed")
 
 // Envelope is one decoded message.
 type Envelope struct {
-	Op      Op
-	Flags   byte
-	Target  string
-	Arg     string
-	Code    uint64
+	Op     Op
+	Flags  byte
+	Target string
+	Arg    string
+	Code   uint64
 	// Client is, for an OpTopic, the client key of the excluded session
 	// (see Arg), so that the same client resuming on a new session still
 	// skips what was excluded from its earlier one.
