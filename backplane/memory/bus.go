@@ -41,13 +41,46 @@ func open(ctx context.Context, u *url.URL) (backplane.Backplane, error) {
 	return NewBus().NewNode("")
 }
 
-// NodeStats counts the deliveries to one node.
+// Default bounds of a node's delivery queue; Bus.SetQueueLimit changes them
+// per node. They are far above what a node holds when its handler keeps up
+// (the hub's handler only queues to sessions), so that bursts pass without
+// waiting, and they bound the memory of a node that falls behind: 4096
+// messages is sixteen times a hub session's default queue, and 16 MiB holds
+// sixteen messages of the hub's default MaxMessageSize.
+const (
+	// DefaultQueueMessages is the number of messages a node's queue holds
+	// before Publish waits for room in it.
+	DefaultQueueMessages = 4096
+	// DefaultQueueBytes is the number of payload bytes a node's queue holds
+	// before Publish waits for room in it.
+	DefaultQueueBytes = 16 << 20
+)
+
+// NodeStats counts the deliveries to one node and describes its queue.
 type NodeStats struct {
 	// Delivered is the number of messages handed to the node's handler.
 	Delivered uint64
 	// Dropped is the number of messages meant for the node that a fault
 	// (Partition or SetDropRate) dropped.
 	Dropped uint64
+
+	// Queued is the number of messages meant for the node that its handler
+	// has not yet returned from: those in its queue and those its delivery
+	// goroutine has taken from it. QueuedBytes is the sum of their payload
+	// lengths.
+	Queued      int
+	QueuedBytes int
+	// PeakQueued and PeakQueuedBytes are the highest Queued and QueuedBytes
+	// since the node was made.
+	PeakQueued      int
+	PeakQueuedBytes int
+	// Waits is the number of times a Publish found the node's queue full
+	// and waited for room in it.
+	Waits uint64
+	// Abandoned is the number of those waits that ended because the
+	// publisher's context ended first; the message of such a Publish was
+	// handed to no node.
+	Abandoned uint64
 }
 
 // Bus is an in-process message bus shared by the nodes of a simulated
@@ -59,7 +92,8 @@ type NodeStats struct {
 // must not be copied after first use. All methods are safe for concurrent use.
 type Bus struct {
 	// mu guards everything below and the subs set of every node. Publish holds
-	// it for reading while it appends to the queues of the subscribers.
+	// it for reading while it checks the queues of the subscribers for room
+	// and appends to them, never while it waits for room.
 	mu sync.RWMutex
 	// nodes holds the open nodes by name.
 	nodes map[string]*Node
@@ -116,12 +150,14 @@ func (b *Bus) NewNode(name string) (*Node, error) {
 		return nil, fmt.Errorf("%w: %q", ErrNodeExists, name)
 	}
 	n := &Node{
-		bus:  b,
-		name: name,
-		subs: make(map[string]struct{}),
-		wake: make(chan struct{}, 1),
-		stop: make(chan struct{}),
-		done: make(chan struct{}),
+		bus:      b,
+		name:     name,
+		subs:     make(map[string]struct{}),
+		wake:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		maxMsgs:  DefaultQueueMessages,
+		maxBytes: DefaultQueueBytes,
 	}
 	b.nodes[name] = n
 	return n, nil
@@ -142,7 +178,8 @@ func (b *Bus) node(name string) (*Node, error) {
 // down. While it is cut off:
 //   - every message meant for it is dropped and counted in NodeStats.Dropped;
 //   - its Publish returns an error wrapping backplane.ErrUnavailable;
-//   - its Subscribe and Unsubscribe still succeed and take effect on Heal.
+//   - its Subscribe and Unsubscribe still succeed and take effect on Heal;
+//   - a Publish that waits for room in its queue stops waiting for it.
 //
 // The node's Notify function receives an EventDown whose Err wraps
 // backplane.ErrUnavailable, after the messages already queued for the node,
@@ -161,6 +198,7 @@ func (b *Bus) Partition(name string) error {
 	n.partitioned = true
 	n.lostWhileCut = false
 	n.cut.Store(true)
+	n.wakeWaitersLocked() // nothing more is queued for it
 	n.pushEventLocked(backplane.Event{
 		Kind: backplane.EventDown,
 		Err:  fmt.Errorf("memory: node %q partitioned: %w", n.name, backplane.ErrUnavailable),
@@ -192,7 +230,10 @@ func (b *Bus) Heal(name string) error {
 // SetDelay makes every message published from now on to the named node reach
 // its handler d after it was published. Order is kept: a message never
 // overtakes one queued before it, even if the delay was shortened in between.
-// A delay of 0 turns the delay off; a negative one is an error.
+// Delayed messages count in the node's queue, so a delayed node that
+// receives more than its queue holds in d makes Publish wait (see
+// SetQueueLimit). A delay of 0 turns the delay off; a negative one is an
+// error.
 func (b *Bus) SetDelay(name string, d time.Duration) error {
 	if d < 0 {
 		return fmt.Errorf("memory: negative delay %v for node %q", d, name)
@@ -224,23 +265,96 @@ func (b *Bus) SetDropRate(name string, p float64) error {
 	return nil
 }
 
-// Stats returns the delivery counters of the named node.
+// SetQueueLimit bounds the delivery queue of the named node to messages
+// messages and bytes payload bytes; both must be positive. The defaults are
+// DefaultQueueMessages and DefaultQueueBytes. The queue counts every message
+// meant for the node that its handler has not yet returned from (see
+// NodeStats.Queued). A Publish that finds the queue full waits for room in it
+// (see Node.Publish); a single message larger than bytes is accepted when the
+// queue is empty. Lowering the limit below what the queue holds discards
+// nothing: publishers wait until it has drained below the new limit.
+func (b *Bus) SetQueueLimit(name string, messages, bytes int) error {
+	if messages <= 0 || bytes <= 0 {
+		return fmt.Errorf("memory: queue limit of %d messages and %d bytes for node %q: both must be positive", messages, bytes, name)
+	}
+	n, err := b.node(name)
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.maxMsgs, n.maxBytes = int64(messages), int64(bytes)
+	n.wakeWaitersLocked()
+	n.mu.Unlock()
+	return nil
+}
+
+// Stats returns the delivery counters and the queue figures of the named
+// node.
 func (b *Bus) Stats(name string) (NodeStats, error) {
 	n, err := b.node(name)
 	if err != nil {
 		return NodeStats{}, err
 	}
-	return NodeStats{Delivered: n.delivered.Load(), Dropped: n.dropped.Load()}, nil
+	st := NodeStats{
+		Delivered: n.delivered.Load(),
+		Dropped:   n.dropped.Load(),
+		Waits:     n.waits.Load(),
+		Abandoned: n.abandoned.Load(),
+	}
+	n.mu.Lock()
+	msgs, bytes := n.queuedLocked()
+	st.Queued, st.QueuedBytes = int(msgs), int(bytes)
+	st.PeakQueued, st.PeakQueuedBytes = int(n.peakQueued), int(n.peakQueuedBytes)
+	n.mu.Unlock()
+	return st, nil
 }
 
-// publish hands payload to every node subscribed to channel.
-func (b *Bus) publish(channel string, payload []byte) {
+// publish hands payload to every node subscribed to channel, all or none.
+// It first checks that the queue of every subscriber has room and, if one
+// is full, waits for room in it and starts again; once all have room it
+// appends to each queue. Between the check and the append, concurrent
+// publishes may append too: a queue can exceed its bound by one message per
+// concurrent publish. publish returns an error wrapping ctx.Err() when ctx
+// ends, and one wrapping backplane.ErrClosed when from is closed, before the
+// message was handed to any node.
+func (b *Bus) publish(ctx context.Context, from *Node, channel string, payload []byte) error {
 	var now int64 // read lazily, once, for delayed nodes
-	b.mu.RLock()
-	for _, n := range b.index[channel] {
-		n.enqueue(channel, payload, &now)
+	for {
+		b.mu.RLock()
+		subs := b.index[channel]
+		var (
+			full *Node
+			room <-chan struct{}
+		)
+		for _, n := range subs {
+			if room = n.room(len(payload)); room != nil {
+				full = n
+				break
+			}
+		}
+		if full == nil {
+			for _, n := range subs {
+				n.enqueue(channel, payload, &now)
+			}
+			b.mu.RUnlock()
+			return nil
+		}
+		b.mu.RUnlock()
+
+		full.waits.Add(1)
+		select {
+		case <-room:
+		case <-full.stop: // detached: it is no longer among the subscribers
+		case <-from.stop:
+			return from.errClosed()
+		case <-ctx.Done():
+			full.abandoned.Add(1)
+			return fmt.Errorf("memory: node %q: queue of node %q full: %w", from.name, full.name, ctx.Err())
+		}
+		if err := from.publishable(); err != nil {
+			return err
+		}
 	}
-	b.mu.RUnlock()
 }
 
 // subscribe adds channels to n's interest.
@@ -267,12 +381,20 @@ func (b *Bus) unsubscribe(n *Node, channels []string) error {
 	if n.closed.Load() {
 		return n.errClosed()
 	}
+	removed := false
 	for _, ch := range channels {
 		if _, ok := n.subs[ch]; !ok {
 			continue
 		}
 		delete(n.subs, ch)
 		b.removeLocked(ch, n)
+		removed = true
+	}
+	if removed {
+		// A publisher waiting for room in n's queue may no longer need it.
+		n.mu.Lock()
+		n.wakeWaitersLocked()
+		n.mu.Unlock()
 	}
 	return nil
 }

@@ -18,7 +18,8 @@
 //	bus.Heal("b")                          // b receives again: EventRestored, Gap true if something was dropped
 //	bus.SetDelay("b", 50*time.Millisecond) // every later delivery to b arrives 50ms after its publish, in order
 //	bus.SetDropRate("b", 0.1)              // each delivery to b is dropped with probability 0.1
-//	st, _ := bus.Stats("b")                // st.Delivered, st.Dropped
+//	bus.SetQueueLimit("b", 100, 1<<20)     // b queues at most 100 messages, 1 MiB: then Publish waits
+//	st, _ := bus.Stats("b")                // st.Delivered, st.Dropped, st.Queued, st.PeakQueued, st.Waits...
 //
 // # Delivery semantics
 //
@@ -28,16 +29,41 @@
 // messages of one publisher on one channel arrive in the order they were
 // published.
 //
-// Publish never waits for a handler. Each node has one delivery goroutine,
-// started by Start and ended by Close, that drains an unbounded FIFO queue;
-// Publish only appends to the queue of each subscribed node. The handler of a
-// node is therefore never called concurrently with itself, and a slow handler
-// makes its own queue grow without slowing the others. Payloads are not
-// copied: every node receives the very slice given to Publish.
+// Each node has one delivery goroutine, started by Start and ended by Close,
+// that drains a FIFO queue; Publish appends to the queue of each subscribed
+// node and does not wait for their handlers. The handler of a node is
+// therefore never called concurrently with itself. Payloads are not copied:
+// every node receives the very slice given to Publish.
 //
 // The delivery goroutine also calls the function given to Notify, in order
 // with the messages: an EventDown is reported after the messages queued before
 // the partition and before anything received after the heal.
+//
+// # Back-pressure
+//
+// A node's queue is bounded, by default to DefaultQueueMessages (4096)
+// messages and DefaultQueueBytes (16 MiB) of payload; Bus.SetQueueLimit
+// changes the bounds per node. The bound counts every message meant for the
+// node that its handler has not returned from, including those its delivery
+// goroutine has already taken from the queue, so it bounds the node's memory.
+// A single message larger than the byte bound is accepted by an empty queue.
+//
+// A Publish that finds the queue of a subscribed node full waits, within its
+// context, until there is room, then hands the message to every subscriber:
+// a message reaches all of them or none. A publisher faster than a node's
+// handler is thus slowed to its pace instead of making its queue grow without
+// bound, and so is what it sends the other subscribers of that channel. When
+// the context ends first, Publish returns an error wrapping ctx.Err() and the
+// message reached no node; when the publisher is closed, one wrapping
+// backplane.ErrClosed. A subscriber that is closed, partitioned or
+// unsubscribed meanwhile is skipped. Publishes that run concurrently may each
+// append after finding room, so a queue can exceed its bounds by one message
+// per concurrent Publish. Waiting publishers are woken when the queue has
+// drained to three quarters of its bounds. NodeStats reports the queue
+// (Queued, PeakQueued), how often publishers waited (Waits) and gave up
+// (Abandoned). Events for Notify do not count in the bounds, and a
+// partitioned node queues nothing. A handler must not publish: it could wait
+// for room in its own queue, which only its returning makes.
 //
 // # URL
 //

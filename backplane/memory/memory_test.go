@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -101,6 +103,14 @@ func stats(t *testing.T, bus *memory.Bus, name string) memory.NodeStats {
 	return st
 }
 
+// counts returns the Delivered and Dropped counters of the named node, the
+// rest of its stats zeroed.
+func counts(t *testing.T, bus *memory.Bus, name string) memory.NodeStats {
+	t.Helper()
+	st := stats(t, bus, name)
+	return memory.NodeStats{Delivered: st.Delivered, Dropped: st.Dropped}
+}
+
 func TestPartition(t *testing.T) {
 	bus := memory.NewBus()
 	a, b := newPeer(t, bus, "a"), newPeer(t, bus, "b")
@@ -115,7 +125,7 @@ func TestPartition(t *testing.T) {
 
 	publish(t, a, "ch", "lost")
 	assert.Equal(t, message{"ch", "lost"}, a.next(t), "the publisher still receives")
-	assert.Equal(t, memory.NodeStats{Delivered: 0, Dropped: 1}, stats(t, bus, "b"))
+	assert.Equal(t, memory.NodeStats{Delivered: 0, Dropped: 1}, counts(t, bus, "b"))
 
 	err := b.Publish(context.Background(), "ch", []byte("from b"))
 	assert.ErrorIs(t, err, backplane.ErrUnavailable, "Publish while partitioned")
@@ -137,7 +147,7 @@ func TestPartition(t *testing.T) {
 	assert.Equal(t, message{"ch", "hi"}, b.next(t))
 	assert.Equal(t, message{"ch", "b is back"}, b.next(t))
 	assert.Empty(t, b.events, "events besides one down and one restored")
-	assert.Equal(t, memory.NodeStats{Delivered: 3, Dropped: 1}, stats(t, bus, "b"))
+	assert.Equal(t, memory.NodeStats{Delivered: 3, Dropped: 1}, counts(t, bus, "b"))
 }
 
 func TestHealWithoutLoss(t *testing.T) {
@@ -219,7 +229,7 @@ func TestSetDelay(t *testing.T) {
 	publish(t, a, "ch", "fast")
 	assert.Equal(t, message{"ch", "slow"}, b.next(t))
 	assert.Equal(t, message{"ch", "fast"}, b.next(t))
-	assert.Equal(t, memory.NodeStats{Delivered: k + 2}, stats(t, bus, "b"))
+	assert.Equal(t, memory.NodeStats{Delivered: k + 2}, counts(t, bus, "b"))
 
 	require.Error(t, bus.SetDelay("b", -time.Second))
 }
@@ -255,7 +265,7 @@ func TestSetDropRate(t *testing.T) {
 	for range k {
 		a.next(t) // drops are per receiving node
 	}
-	assert.Equal(t, memory.NodeStats{Delivered: 0, Dropped: k}, stats(t, bus, "b"))
+	assert.Equal(t, memory.NodeStats{Delivered: 0, Dropped: k}, counts(t, bus, "b"))
 
 	require.NoError(t, bus.SetDropRate("b", 0))
 	for i := range k {
@@ -264,7 +274,7 @@ func TestSetDropRate(t *testing.T) {
 	for i := range k {
 		assert.Equal(t, message{"ch", strconv.Itoa(i)}, b.next(t))
 	}
-	assert.Equal(t, memory.NodeStats{Delivered: k, Dropped: k}, stats(t, bus, "b"))
+	assert.Equal(t, memory.NodeStats{Delivered: k, Dropped: k}, counts(t, bus, "b"))
 
 	// Half: some of each, for certain but for a chance of 2^-1000.
 	require.NoError(t, bus.SetDropRate("b", 0.5))
@@ -293,10 +303,11 @@ func TestUnknownNode(t *testing.T) {
 
 	for _, name := range []string{"nope", "gone", ""} {
 		calls := map[string]error{
-			"Partition":   bus.Partition(name),
-			"Heal":        bus.Heal(name),
-			"SetDelay":    bus.SetDelay(name, time.Second),
-			"SetDropRate": bus.SetDropRate(name, 0.5),
+			"Partition":     bus.Partition(name),
+			"Heal":          bus.Heal(name),
+			"SetDelay":      bus.SetDelay(name, time.Second),
+			"SetDropRate":   bus.SetDropRate(name, 0.5),
+			"SetQueueLimit": bus.SetQueueLimit(name, 1, 1),
 		}
 		_, calls["Stats"] = bus.Stats(name)
 		for call, err := range calls {
@@ -383,6 +394,258 @@ func TestOpen(t *testing.T) {
 	cancel()
 	_, err = backplane.Open(canceled, "memory://")
 	assert.ErrorIs(t, err, context.Canceled)
+}
+
+// gated is a started node whose handler blocks on each message until the
+// test takes it with next, or until the gate is opened for good.
+type gated struct {
+	*memory.Node
+	msgs chan string // unbuffered: the handler waits for the test
+	open chan struct{}
+	once sync.Once
+}
+
+// newGated makes a gated node called name on bus whose queue holds
+// messages messages and bytes bytes, and closes it when the test ends.
+func newGated(t *testing.T, bus *memory.Bus, name string, messages, bytes int) *gated {
+	t.Helper()
+	n, err := bus.NewNode(name)
+	require.NoError(t, err)
+	g := &gated{Node: n, msgs: make(chan string), open: make(chan struct{})}
+	t.Cleanup(func() {
+		g.release()
+		assert.NoError(t, n.Close())
+	})
+	require.NoError(t, bus.SetQueueLimit(name, messages, bytes))
+	require.NoError(t, n.Start(func(_ string, payload []byte) {
+		select {
+		case g.msgs <- string(payload):
+		case <-g.open:
+		}
+	}))
+	return g
+}
+
+// release lets the handler return at once from now on.
+func (g *gated) release() { g.once.Do(func() { close(g.open) }) }
+
+// next takes the message the handler is blocked on.
+func (g *gated) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case m := <-g.msgs:
+		return m
+	case <-time.After(waitTimeout):
+		require.FailNow(t, "no message", "node %s received nothing within %v", g.Name(), waitTimeout)
+		return ""
+	}
+}
+
+// publishAsync starts a Publish and returns where its result will be sent.
+func publishAsync(ctx context.Context, n *memory.Node, channel, payload string) <-chan error {
+	res := make(chan error, 1)
+	go func() { res <- n.Publish(ctx, channel, []byte(payload)) }()
+	return res
+}
+
+// result waits for the result of a Publish started by publishAsync.
+func result(t *testing.T, res <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-res:
+		return err
+	case <-time.After(waitTimeout):
+		require.FailNow(t, "Publish still waits")
+		return nil
+	}
+}
+
+// waitWaits waits until Publish found the named node's queue full want
+// times, and checks that the Publish whose result res will carry has not
+// returned: it is waiting for room.
+func waitWaits(t *testing.T, bus *memory.Bus, name string, want uint64, res <-chan error) {
+	t.Helper()
+	var err error
+	returned := false
+	require.Eventually(t, func() bool {
+		select {
+		case err = <-res:
+			returned = true
+			return true
+		default:
+			return stats(t, bus, name).Waits == want
+		}
+	}, waitTimeout, time.Millisecond, "Publish did not wait for room in %s", name)
+	require.False(t, returned, "Publish returned %v instead of waiting for room in %s", err, name)
+}
+
+// queued waits until the named node's handler has returned from all but
+// want of the messages meant for it.
+func queued(t *testing.T, bus *memory.Bus, name string, want int) {
+	t.Helper()
+	require.Eventually(t, func() bool { return stats(t, bus, name).Queued == want }, waitTimeout, time.Millisecond,
+		"%s did not drain to %d", name, want)
+}
+
+// received drains what p received so far, expecting exactly want.
+func (p *peer) received(t *testing.T, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		assert.Equal(t, message{"ch", w}, p.next(t))
+	}
+	assert.Empty(t, p.msgs, "more than %v", want)
+}
+
+func TestFullQueueMakesPublishWait(t *testing.T) {
+	bus := memory.NewBus()
+	a, c := newPeer(t, bus, "a"), newPeer(t, bus, "c")
+	b := newGated(t, bus, "b", 3, 1<<20)
+	subscribe(t, a, "ch")
+	subscribe(t, c, "ch")
+	require.NoError(t, b.Subscribe(context.Background(), "ch"))
+
+	// b's handler holds m0 and its queue m1 and m2: it is full.
+	for _, m := range []string{"m0", "m1", "m2"} {
+		publish(t, a, "ch", m)
+	}
+	st := stats(t, bus, "b")
+	assert.Equal(t, 3, st.Queued, "what the handler holds counts")
+	assert.Equal(t, 6, st.QueuedBytes)
+
+	// The next Publish waits for room, until its context ends; then its
+	// message reaches nobody, not even the nodes that had room.
+	ctx, cancel := context.WithCancel(context.Background())
+	res := publishAsync(ctx, a.Node, "ch", "m3")
+	waitWaits(t, bus, "b", 1, res)
+	cancel()
+	assert.ErrorIs(t, result(t, res), context.Canceled)
+	assert.EqualValues(t, 1, stats(t, bus, "b").Abandoned)
+
+	// Once the handler moves on there is room again; everything delivered
+	// is in publishing order and m3 is nowhere.
+	assert.Equal(t, "m0", b.next(t))
+	queued(t, bus, "b", 2)
+	publish(t, a, "ch", "m4")
+	for _, m := range []string{"m1", "m2", "m4"} {
+		assert.Equal(t, m, b.next(t))
+	}
+	a.received(t, "m0", "m1", "m2", "m4")
+	c.received(t, "m0", "m1", "m2", "m4")
+	queued(t, bus, "b", 0)
+	st = stats(t, bus, "b")
+	assert.Equal(t, memory.NodeStats{Delivered: 4, PeakQueued: 3, PeakQueuedBytes: 6, Waits: 1, Abandoned: 1}, st)
+
+	// Fill b again. Closing the publisher wakes its waiting Publish with
+	// ErrClosed, and that message too reaches nobody.
+	for _, m := range []string{"x0", "x1", "x2"} {
+		publish(t, a, "ch", m)
+	}
+	res = publishAsync(context.Background(), a.Node, "ch", "x3")
+	waitWaits(t, bus, "b", 2, res)
+	require.NoError(t, a.Close())
+	assert.ErrorIs(t, result(t, res), backplane.ErrClosed)
+
+	// A full node that closes is skipped by the Publish waiting for it. Its
+	// Close waits for the handler, which still holds x0.
+	res = publishAsync(context.Background(), c.Node, "ch", "y")
+	waitWaits(t, bus, "b", 3, res)
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	require.NoError(t, result(t, res))
+	c.received(t, "x0", "x1", "x2", "y")
+	assert.Equal(t, "x0", b.next(t))
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(waitTimeout):
+		require.FailNow(t, "Close did not return")
+	}
+}
+
+func TestQueueByteLimit(t *testing.T) {
+	bus := memory.NewBus()
+	a := newPeer(t, bus, "a")
+	b := newGated(t, bus, "b", 100, 10)
+	require.NoError(t, b.Subscribe(context.Background(), "ch"))
+
+	publish(t, a, "ch", "12345678")
+	ctx, cancel := context.WithCancel(context.Background())
+	res := publishAsync(ctx, a.Node, "ch", "abc") // 11 bytes would not fit
+	waitWaits(t, bus, "b", 1, res)
+	cancel()
+	assert.ErrorIs(t, result(t, res), context.Canceled)
+	publish(t, a, "ch", "ab") // 10 bytes fit
+	assert.Equal(t, "12345678", b.next(t))
+	assert.Equal(t, "ab", b.next(t))
+
+	// A message larger than the bound is accepted by an empty queue, and
+	// fills it.
+	queued(t, bus, "b", 0)
+	big := strings.Repeat("x", 50)
+	publish(t, a, "ch", big)
+	res = publishAsync(context.Background(), a.Node, "ch", "z")
+	waitWaits(t, bus, "b", 2, res)
+	assert.Equal(t, big, b.next(t))
+	require.NoError(t, result(t, res))
+	assert.Equal(t, "z", b.next(t))
+	st := stats(t, bus, "b")
+	assert.Equal(t, 50, st.PeakQueuedBytes)
+	assert.Equal(t, 2, st.PeakQueued)
+
+	for _, l := range [][2]int{{0, 1}, {1, 0}, {-1, 10}} {
+		assert.Error(t, bus.SetQueueLimit("b", l[0], l[1]), "limit %v", l)
+	}
+}
+
+func TestWaitingPublishGoesOnWhenTheFullNodeNeedsNoRoom(t *testing.T) {
+	bus := memory.NewBus()
+	a := newPeer(t, bus, "a")
+	b := newGated(t, bus, "b", 1, 1<<20)
+	require.NoError(t, b.Subscribe(context.Background(), "ch"))
+	publish(t, a, "ch", "held")
+
+	// Raising the limit makes room.
+	res := publishAsync(context.Background(), a.Node, "ch", "raised")
+	waitWaits(t, bus, "b", 1, res)
+	require.NoError(t, bus.SetQueueLimit("b", 2, 1<<20))
+	require.NoError(t, result(t, res))
+
+	// A partitioned node queues nothing: it is dropped, not waited for.
+	res = publishAsync(context.Background(), a.Node, "ch", "dropped")
+	waitWaits(t, bus, "b", 2, res)
+	require.NoError(t, bus.Partition("b"))
+	require.NoError(t, result(t, res))
+	require.NoError(t, bus.Heal("b"))
+
+	assert.EqualValues(t, 1, stats(t, bus, "b").Dropped)
+
+	// Nor is a node that unsubscribes.
+	res = publishAsync(context.Background(), a.Node, "ch", "unsubscribed")
+	waitWaits(t, bus, "b", 3, res)
+	require.NoError(t, b.Unsubscribe(context.Background(), "ch"))
+	require.NoError(t, result(t, res))
+
+	for _, m := range []string{"held", "raised"} {
+		assert.Equal(t, m, b.next(t))
+	}
+	queued(t, bus, "b", 0)
+	assert.EqualValues(t, 2, stats(t, bus, "b").Delivered, "nothing else was queued")
+}
+
+func TestDelayedQueueFillsToo(t *testing.T) {
+	bus := memory.NewBus()
+	a, b := newPeer(t, bus, "a"), newPeer(t, bus, "b")
+	subscribe(t, b, "ch")
+	require.NoError(t, bus.SetDelay("b", time.Hour))
+	require.NoError(t, bus.SetQueueLimit("b", 2, 1<<20))
+	publish(t, a, "ch", "1")
+	publish(t, a, "ch", "2")
+	ctx, cancel := context.WithCancel(context.Background())
+	res := publishAsync(ctx, a.Node, "ch", "3")
+	waitWaits(t, bus, "b", 1, res)
+	cancel()
+	assert.ErrorIs(t, result(t, res), context.Canceled)
+	assert.Equal(t, 2, stats(t, bus, "b").Queued)
 }
 
 // benchBus makes a publishing node and subscribers nodes subscribed to
