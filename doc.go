@@ -71,8 +71,15 @@
 // backplane only append to queues, and a writer goroutine per session, which
 // exists only while there is something to write, drains it. When a queue is
 // full, Options.SlowPolicy closes the session with status 1013 or drops its
-// oldest messages, and counts it. A broadcast is encoded once and its bytes
-// are shared by every recipient.
+// oldest messages, and counts it. The queue is bounded primarily by bytes:
+// a burst of N messages of S bytes fits when N × (S + 64) ≤ SendQueueBytes.
+// Each socket's kernel send buffer is bounded too (Options.SocketWriteBuffer)
+// and writes make progress in small pieces, so a client that reads slowly is
+// kept (its oldest messages dropped under SlowDropOldest) while one that stops
+// reading for WriteTimeout is closed; both kinds of slow close are counted in
+// Stats.SlowClosed and reported to OnDisconnect with an error wrapping
+// ErrSlowClient. A broadcast is encoded once and its bytes are shared by
+// every recipient.
 //
 // # Concurrency
 //

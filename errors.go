@@ -39,6 +39,12 @@ var (
 	// ErrHookPanic is the error Options.OnDisconnect receives for a session
 	// ended because OnConnect or OnMessage panicked.
 	ErrHookPanic = errors.New("wshub: hook panicked")
+	// ErrSlowClient is wrapped in the error Options.OnDisconnect receives
+	// for a session closed as too slow: its send queue was full under
+	// SlowClose (CloseStatus then gives the close handshake's status,
+	// normally 1013), or a write to it made no progress for WriteTimeout.
+	// Both are counted in Stats.SlowClosed.
+	ErrSlowClient = errors.New("wshub: slow client")
 )
 
 // StatusCode is a WebSocket close status code (RFC 6455, section 7.4).

@@ -64,6 +64,7 @@ type Hub struct {
 type counters struct {
 	accepted, received, delivered, dropped, slowClosed atomic.Uint64
 	malformed, backplaneDown, backplaneGaps            atomic.Uint64
+	writeTimeouts                                      atomic.Uint64
 }
 
 // Stats are counters of one hub since it started.
@@ -73,7 +74,8 @@ type Stats struct {
 	Received       uint64 // messages read from clients
 	Delivered      uint64 // messages queued to sessions of this node
 	Dropped        uint64 // queued messages dropped by SlowDropOldest
-	SlowClosed     uint64 // sessions closed by SlowClose
+	SlowClosed     uint64 // sessions closed as too slow: a full queue under SlowClose, or WriteTimeouts
+	WriteTimeouts  uint64 // of those, sessions whose write made no progress for WriteTimeout
 	Malformed      uint64 // backplane messages that did not decode, dropped
 	BackplaneDowns uint64 // times the backplane reported its link down
 	BackplaneGaps  uint64 // times it came back with messages possibly lost
@@ -139,6 +141,7 @@ func (h *Hub) Stats() Stats {
 		Delivered:      h.stats.delivered.Load(),
 		Dropped:        h.stats.dropped.Load(),
 		SlowClosed:     h.stats.slowClosed.Load(),
+		WriteTimeouts:  h.stats.writeTimeouts.Load(),
 		Malformed:      h.stats.malformed.Load(),
 		BackplaneDowns: h.stats.backplaneDown.Load(),
 		BackplaneGaps:  h.stats.backplaneGaps.Load(),

@@ -76,7 +76,8 @@ type Options struct {
 
 	// OnBackplaneEvent is called when a backplane that implements
 	// backplane.Notifier reports that the link to the bus went down or came
-	// back, and whether messages may have been lost. It must not block.
+	// back, and whether messages may have been lost. It must not block,
+	// nor publish: it may run on the backplane's delivery goroutine.
 	OnBackplaneEvent func(e backplane.Event)
 
 	// ReadLimit is the largest message a client may send, in bytes; a larger
@@ -87,25 +88,62 @@ type Options struct {
 	// ones are refused with ErrMessageTooLarge. Default: 1 MiB.
 	MaxMessageSize int
 
-	// SendQueueLen bounds each session's queue of unsent messages. Default: 256.
+	// SendQueueLen bounds the number of messages in each session's queue
+	// of unsent messages. Default: SendQueueBytes/64, as many empty
+	// messages as SendQueueBytes holds, so that the byte bound is the one
+	// that applies.
 	SendQueueLen int
 
-	// SendQueueBytes bounds the bytes held in each session's queue; it must
-	// be at least MaxMessageSize. Default: 4 MiB, or MaxMessageSize if that
-	// is larger.
+	// SendQueueBytes bounds the bytes held in each session's queue, each
+	// message counting its length plus 64 bytes for its slot and framing;
+	// it must be at least MaxMessageSize. An empty queue always takes one
+	// message. A burst of N messages of S bytes that a client does not
+	// read meanwhile fits when N × (S + 64) ≤ SendQueueBytes: with the
+	// default, 32,768 messages of 64 bytes or 3,855 of 1 KiB; a client
+	// that reads drains the queue while the burst arrives. Default: 4 MiB,
+	// or MaxMessageSize if that is larger.
+	//
+	// A session holds at most this much queued, plus the batch its writer
+	// is sending (up to 256 KiB, or one larger message), the 64 KiB it
+	// gathers into one write, and the socket's kernel send buffer (see
+	// SocketWriteBuffer): about 4.5 MiB with the defaults. A broadcast's
+	// bytes are shared by all its recipients, so sessions of one topic hold
+	// them once.
 	SendQueueBytes int
 
 	// SlowPolicy applies when a session's queue is full. Default: SlowClose.
+	// Under SlowDropOldest a client that reads R bytes a second receives
+	// what is left of the queue up to about SendQueueBytes/R seconds late.
 	SlowPolicy SlowPolicy
 
+	// SocketWriteBuffer is the kernel send buffer of each session's TCP
+	// socket, in bytes (net.TCPConn.SetWriteBuffer; Linux reserves twice
+	// the value for its bookkeeping). Bytes the kernel holds can no longer
+	// be dropped by SlowDropOldest, so a small buffer keeps a slow client's
+	// data fresh and its memory bounded (the kernel would otherwise grow
+	// the buffer to megabytes). It also bounds how fast one client can be
+	// sent to: about twice the value per round trip, 1.3 MB/s at 100 ms
+	// with the default. The kernel makes room in steps of up to about
+	// twice the value, so a client that reads less than that per
+	// WriteTimeout (about 13 KB/s with the defaults) may be taken for one
+	// that stalled: raise WriteTimeout for slower clients. Negative leaves
+	// the system's default and its autotuning; sockets that are not TCP
+	// are left alone. Default: 64 KiB.
+	SocketWriteBuffer int
+
 	// PingInterval is how often an idle-or-not session is pinged; a peer
-	// that does not answer within WriteTimeout is disconnected. Negative
+	// that does not answer is disconnected (see WriteTimeout). Negative
 	// disables pings. Default: 30s.
 	PingInterval time.Duration
 
 	// WriteTimeout is how long a write to a socket may make no progress,
-	// and how long a ping may wait for its pong; a client that stalls for
-	// longer is disconnected. Default: 10s.
+	// and how long a ping may wait for its pong while the socket takes no
+	// bytes; a client that stalls for longer is disconnected. Progress is
+	// measured in pieces of 16 KiB, so a client that reads slowly but
+	// steadily is not taken for a stalled one. A stalled write closes the
+	// session at once, without a close frame, and counts it in
+	// Stats.SlowClosed and Stats.WriteTimeouts; OnDisconnect's error wraps
+	// ErrSlowClient. Default: 10s.
 	WriteTimeout time.Duration
 
 	// SubscribeTimeout bounds how long an upgrade waits for the backplane to
@@ -139,8 +177,9 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	setDefault(&c.ReadLimit, 64<<10)
 	setDefault(&c.MaxMessageSize, 1<<20)
-	setDefault(&c.SendQueueLen, 256)
 	setDefault(&c.SendQueueBytes, max(4<<20, c.MaxMessageSize))
+	setDefault(&c.SendQueueLen, max(1, c.SendQueueBytes/queuedOverhead))
+	setDefault(&c.SocketWriteBuffer, 64<<10)
 	setDefault(&c.PingInterval, 30*time.Second)
 	setDefault(&c.WriteTimeout, 10*time.Second)
 	setDefault(&c.SubscribeTimeout, 10*time.Second)

@@ -56,6 +56,7 @@ var errBadResume = errors.New("wshub: bad resume parameters")
 type resumeState struct {
 	since   map[string]string // channel → offset to resume after
 	pending map[string][]pendingMsg
+	held    int // bytes in pending, counted as the send queue counts them
 	// floor is, per recovered channel, the last offset recovery queued:
 	// the live copy of a message recovery already read from the log may
 	// arrive later, and is dropped.
@@ -177,14 +178,19 @@ func (s *Session) deliver(d *delivery) bool {
 		s.mu.Lock()
 		if rs := s.rs; rs != nil {
 			if pend, ok := rs.pending[channel]; ok {
-				if len(pend) >= s.hub.opts.SendQueueLen {
+				o := &s.hub.opts
+				if len(pend) >= o.SendQueueLen || rs.held+len(m.data)+queuedOverhead > o.SendQueueBytes {
 					// Held back longer than the queue would hold: give
 					// the channel up rather than grow without bound.
 					rs.overflow[channel] = true
+					for _, p := range pend {
+						rs.held -= len(p.m.data) + queuedOverhead
+					}
 					rs.pending[channel] = pend[:0]
 				}
 				if !rs.overflow[channel] {
 					rs.pending[channel] = append(rs.pending[channel], pendingMsg{m, off})
+					rs.held += len(m.data) + queuedOverhead
 				}
 				s.mu.Unlock()
 				return !rs.overflow[channel]
@@ -248,6 +254,7 @@ func (s *Session) resume(log backplane.Log) {
 		if s.ctx.Err() != nil {
 			s.mu.Lock()
 			clear(rs.pending) // nothing will release them
+			rs.held = 0
 			rs.overflow = map[string]bool{}
 			s.mu.Unlock()
 			return
@@ -310,11 +317,10 @@ func (s *Session) recovered(ch string, e backplane.Entry) (outMsg, bool) {
 // bytes, or the session ends, so that recovery never trips the session's
 // slow-client policy.
 func (s *Session) waitRoom(n int) bool {
-	o := &s.hub.opts
 	var t *time.Ticker
 	for {
 		s.mu.Lock()
-		room := len(s.queue) < o.SendQueueLen && (len(s.queue) == 0 || s.queueBytes+n <= o.SendQueueBytes)
+		room := !s.fullLocked(n)
 		s.mu.Unlock()
 		if room {
 			if t != nil {
@@ -358,6 +364,9 @@ func (s *Session) release(ch, status, last string) {
 			return
 		}
 		s.rs.pending[ch] = pend[:0:0]
+		for _, p := range pend {
+			s.rs.held -= len(p.m.data) + queuedOverhead
+		}
 		s.mu.Unlock()
 		for _, p := range pend {
 			if last != "" && !backplane.OffsetAfter(p.off, last) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"sort"
@@ -59,12 +60,27 @@ type Session struct {
 	stopHubLink func() bool  // unlinks ctx from the hub's lifetime
 	inHook      atomic.Bool  // OnMessage is running: nobody reads pongs
 	reads       atomic.Int64 // messages read, as proof of life for pings
+
+	// slowErr is why the session was closed as too slow, wrapping
+	// ErrSlowClient; nil otherwise. Guarded by mu.
+	slowErr error
 }
 
 type outMsg struct {
 	typ  websocket.MessageType
 	data []byte
 }
+
+// queuedOverhead is what each queued message counts against
+// Options.SendQueueBytes besides its bytes: its slot in the queue and its
+// framing, so that a queue of empty messages is bounded by bytes too.
+const queuedOverhead = 64
+
+// maxBatchBytes bounds, in queued bytes, the batch a writer takes from the
+// queue at once (a larger message goes alone): the rest stays queued, where
+// SlowDropOldest can still drop it, and a session holds at most this much
+// besides its queue.
+const maxBatchBytes = 256 << 10
 
 func randomSuffix() string {
 	return "-" + strconv.FormatUint(rand.Uint64()>>16, 36)
@@ -221,17 +237,16 @@ func (s *Session) enqueue(m outMsg) bool {
 	if s.closing {
 		return false
 	}
-	if len(s.queue) >= o.SendQueueLen || s.queueBytes+len(m.data) > o.SendQueueBytes {
+	if s.fullLocked(len(m.data)) {
 		if o.SlowPolicy == SlowClose {
-			s.hub.stats.slowClosed.Add(1)
-			s.hub.log.Debug("wshub: closing slow session", "session", s.id, "queued", len(s.queue))
+			s.slowLocked(fmt.Errorf("%w: send queue full (%d messages, %d bytes)", ErrSlowClient, len(s.queue), s.queueBytes), false)
 			s.queue, s.queueBytes = nil, 0
 			s.startCloseLocked(StatusTryAgainLater, "send queue full")
 			return false
 		}
 		var dropped uint64
-		for len(s.queue) > 0 && (len(s.queue) >= o.SendQueueLen || s.queueBytes+len(m.data) > o.SendQueueBytes) {
-			s.queueBytes -= len(s.queue[0].data)
+		for s.fullLocked(len(m.data)) {
+			s.queueBytes -= len(s.queue[0].data) + queuedOverhead
 			s.queue[0] = outMsg{}
 			s.queue = s.queue[1:]
 			dropped++
@@ -242,7 +257,7 @@ func (s *Session) enqueue(m outMsg) bool {
 		}
 	}
 	s.queue = append(s.queue, m)
-	s.queueBytes += len(m.data)
+	s.queueBytes += len(m.data) + queuedOverhead
 	if !s.writing && s.conn != nil {
 		s.writing = true
 		s.wg.Add(1)
@@ -269,13 +284,14 @@ func (s *Session) writeLoop() {
 			s.mu.Unlock()
 			return
 		}
-		batch, s.queue, s.spare = s.queue, s.spare, nil
-		s.queueBytes = 0
+		batch = s.takeLocked(batch)
 		s.mu.Unlock()
 
 		err := s.writeBatch(batch)
 		if err != nil {
-			s.hub.log.Debug("wshub: write failed, closing session", "session", s.id, "err", err)
+			if !s.stalled(err) {
+				s.hub.log.Debug("wshub: write failed, closing session", "session", s.id, "err", err)
+			}
 			_ = s.conn.CloseNow()
 			s.mu.Lock()
 			s.closing = true
@@ -288,9 +304,76 @@ func (s *Session) writeLoop() {
 	}
 }
 
-// writeBatch writes batch with the socket corked: one system call at the end
-// (more for a batch over corkLimit), all of it bounded by WriteTimeout; a
-// batch of one message is written uncorked, in the same one call. The
+// takeLocked moves the next batch out of the queue and returns it: all of
+// the queue when it holds at most maxBatchBytes, else its oldest messages up
+// to that, at least one. prev is the batch written last, cleared, whose
+// array it reuses.
+func (s *Session) takeLocked(prev []outMsg) []outMsg {
+	if s.queueBytes <= maxBatchBytes {
+		batch := s.queue
+		s.queue, s.spare = s.spare, nil
+		if s.queue == nil {
+			s.queue = prev[:0]
+		}
+		s.queueBytes = 0
+		return batch
+	}
+	n, size := 0, 0
+	for ; n < len(s.queue); n++ {
+		c := len(s.queue[n].data) + queuedOverhead
+		if n > 0 && size+c > maxBatchBytes {
+			break
+		}
+		size += c
+	}
+	batch := append(prev[:0], s.queue[:n]...)
+	clear(s.queue[:n])
+	s.queue = s.queue[n:]
+	s.queueBytes -= size
+	return batch
+}
+
+// fullLocked reports whether the queue has no room for a message of n
+// bytes. An empty queue always has room; otherwise it holds at most
+// SendQueueLen messages, and a message fits while its bytes and those
+// queued, each queued message counted with queuedOverhead, stay within
+// SendQueueBytes (the condition resume.go's waitRoom waits out).
+func (s *Session) fullLocked(n int) bool {
+	o := &s.hub.opts
+	return len(s.queue) > 0 && (len(s.queue) >= o.SendQueueLen || s.queueBytes+n > o.SendQueueBytes)
+}
+
+// slowLocked records that s is closed as too slow, for reason, which wraps
+// ErrSlowClient; stall says a write made no progress. It counts the
+// session once, whichever paths find it slow.
+func (s *Session) slowLocked(reason error, stall bool) {
+	if s.slowErr != nil {
+		return
+	}
+	s.slowErr = reason
+	s.hub.stats.slowClosed.Add(1)
+	if stall {
+		s.hub.stats.writeTimeouts.Add(1)
+	}
+	s.hub.log.Debug("wshub: closing slow session", "session", s.id, "reason", reason)
+}
+
+// stalled reports whether err is from a write that made no progress for
+// WriteTimeout (the socket's write deadline passed), and if so records the
+// session as too slow.
+func (s *Session) stalled(err error) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return false
+	}
+	s.mu.Lock()
+	s.slowLocked(fmt.Errorf("%w: no write progress for %v: %w", ErrSlowClient, s.hub.opts.WriteTimeout, err), true)
+	s.mu.Unlock()
+	return true
+}
+
+// writeBatch writes batch with the socket corked: one system call per
+// writeChunk at the end (and whenever corkLimit bytes are buffered), each
+// bounded by WriteTimeout; a batch of one message is written uncorked. The
 // messages are written with a context that never ends, which spares the
 // websocket library a timer per message; the socket's write deadline bounds
 // them instead.
@@ -336,6 +419,11 @@ func (s *Session) writeBatch(batch []outMsg) error {
 func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 	h := s.hub
 	conn.SetReadLimit(h.opts.ReadLimit)
+	if cork != nil {
+		if err := cork.setWriteBuffer(h.opts.SocketWriteBuffer); err != nil {
+			h.log.Debug("wshub: cannot size the socket's send buffer", "session", s.id, "err", err)
+		}
+	}
 	s.mu.Lock()
 	s.conn, s.cork = conn, cork
 	// What was queued before the handshake (by OnConnect, say) goes first,
@@ -410,6 +498,13 @@ func (s *Session) end(err error) {
 	s.wg.Wait()
 	s.stopHubLink()
 	_ = s.conn.CloseNow()
+	s.mu.Lock()
+	if s.slowErr != nil {
+		// Why the session was closed comes first; the read error after
+		// it keeps the close handshake's status for CloseStatus.
+		err = fmt.Errorf("%w: %w", s.slowErr, err)
+	}
+	s.mu.Unlock()
 	s.onDisconnect(err)
 }
 
@@ -450,17 +545,17 @@ func (s *Session) ping() {
 	defer s.wg.Done()
 
 	reads, busy := s.reads.Load(), s.inHook.Load()
-	ctx, cancel := context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
-	err := s.conn.Ping(ctx)
-	cancel()
+	err := s.pingAndWait()
+	// A ping whose own write stalled found a slow client, whatever else.
+	stalled := err != nil && s.stalled(err)
 	// A pong is read only by the read loop. While OnMessage runs, nothing
 	// reads, so a ping that overlapped it proves nothing; a message read
 	// meanwhile proves the peer alive anyway.
-	if err != nil && s.ctx.Err() == nil && (busy || s.inHook.Load() || s.reads.Load() != reads) {
+	if err != nil && !stalled && s.ctx.Err() == nil && (busy || s.inHook.Load() || s.reads.Load() != reads) {
 		err = nil
 	}
 	if err != nil {
-		if !errors.Is(err, context.Canceled) {
+		if !stalled && s.ctx.Err() == nil {
 			s.hub.log.Debug("wshub: ping failed, closing session", "session", s.id, "err", err)
 		}
 		_ = s.conn.CloseNow()
@@ -471,6 +566,44 @@ func (s *Session) ping() {
 		s.pingTimer.Reset(s.hub.opts.PingInterval)
 	}
 	s.mu.Unlock()
+}
+
+// pingAndWait pings the peer and waits for its pong for as long as the
+// socket keeps taking bytes: the pong comes only after the peer has read
+// everything queued before the ping, which a slow but steady reader may take
+// longer than WriteTimeout to do. It gives up once the socket has taken
+// nothing for WriteTimeout while no write to it was in progress (a write in
+// progress is bounded by the write deadline, and fails by itself).
+func (s *Session) pingAndWait() error {
+	timeout := s.hub.opts.WriteTimeout
+	if s.cork == nil {
+		ctx, cancel := context.WithTimeout(s.ctx, timeout)
+		defer cancel()
+		return s.conn.Ping(ctx)
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.conn.Ping(ctx) }()
+	start := time.Now()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-t.C:
+		}
+		idle, writing := s.cork.idle(start)
+		if idle >= timeout && !writing {
+			cancel()
+			if err := <-done; err != nil {
+				return fmt.Errorf("wshub: no pong, and the socket took nothing for %v: %w", timeout, err)
+			}
+			return nil
+		}
+		t.Reset(max(timeout-idle, timeout/4))
+	}
 }
 
 // Hub returns the hub that holds the session.
