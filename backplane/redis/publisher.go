@@ -151,7 +151,7 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 		}
 		// Redis restarted or flushed its scripts: load ours and send again
 		// exactly the commands that found it missing. The others ran.
-		if len(retry) > 0 && publishScript.Load(p.b.ctx, p.b.client).Err() == nil {
+		if len(retry) > 0 && publishScript.Load(p.b.ctx, p.b.busClient).Err() == nil {
 			again := make([]*pubReq, len(retry))
 			for j, i := range retry {
 				again[j] = live[i]
@@ -240,7 +240,7 @@ func (pb *pipeBuf) release() {
 func (p *publisher) exec(pb *pipeBuf, live []*pubReq) ([]goredis.Cmder, error) {
 	pb.release()
 	if pb.pipe == nil {
-		pb.pipe = p.b.client.Pipeline()
+		pb.pipe = p.b.busClient.Pipeline()
 	}
 	pipe := pb.pipe
 	cmds := pb.cmds

@@ -178,9 +178,11 @@ type Stats struct {
 type Backplane struct {
 	client    goredis.UniversalClient
 	ownClient bool // opened from a URL: Close closes the client
-	// subClient makes the subscription connections: a client of the
-	// backplane's own, a copy of client's options speaking RESP2.
-	subClient goredis.UniversalClient
+	// busClient makes the subscription connections and sends the
+	// publishes: a client of the backplane's own, a copy of client's
+	// options that speaks RESP2 and never sends a command again by itself.
+	// Reads go through client.
+	busClient goredis.UniversalClient
 	sharded   bool
 	opts      Options
 	log       *slog.Logger
@@ -244,7 +246,7 @@ func New(client goredis.UniversalClient, opts *Options) (*Backplane, error) {
 		id:      hex.EncodeToString(id[:]),
 		subs:    make(map[int]*subscriber),
 	}
-	b.subClient = subscriptionClient(client)
+	b.busClient = busClientOf(client)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.pub = newPublisher(b)
 	return b, nil
@@ -453,8 +455,8 @@ func (b *Backplane) Close() error {
 	}
 	b.pub.close()
 	b.wg.Wait()
-	if b.subClient != b.client {
-		_ = b.subClient.Close()
+	if b.busClient != b.client {
+		_ = b.busClient.Close()
 	}
 	if b.ownClient {
 		if err := b.client.Close(); err != nil {
@@ -464,21 +466,29 @@ func (b *Backplane) Close() error {
 	return nil
 }
 
-// subscriptionClient returns the client for subscription connections. It
-// speaks RESP2, where pub/sub messages are plain replies: go-redis releases
-// before v9.21 can drop a RESP3 push message whose header straddles a read
-// buffer boundary (go-redis issue 3839), and a backplane must not lose
-// messages to that. It also keeps the subscription connections out of the
-// caller's client. Clients of other types are used as they are.
-func subscriptionClient(client goredis.UniversalClient) goredis.UniversalClient {
+// busClientOf returns the client for subscriptions and publishes, made
+// from client's options:
+//   - It speaks RESP2, where pub/sub messages are plain replies: go-redis
+//     releases before v9.21 can drop a RESP3 push message whose header
+//     straddles a read buffer boundary (go-redis issue 3839), and a
+//     backplane must not lose messages to that.
+//   - It never retries a command (MaxRetries -1): a publish whose
+//     connection broke after Redis ran it would otherwise be published
+//     twice. A failed publish is reported to the caller, who decides.
+//   - It keeps the backplane's connections out of the caller's pool.
+//
+// Clients of other types are used as they are.
+func busClientOf(client goredis.UniversalClient) goredis.UniversalClient {
 	switch c := client.(type) {
 	case *goredis.Client:
 		o := *c.Options()
 		o.Protocol = 2
+		o.MaxRetries = -1
 		return goredis.NewClient(&o)
 	case *goredis.ClusterClient:
 		o := *c.Options()
 		o.Protocol = 2
+		o.MaxRetries = -1
 		return goredis.NewClusterClient(&o)
 	}
 	return client

@@ -255,7 +255,8 @@ type pageResult struct {
 	// gone.
 	epoch string
 	// retained is false when entries after the position may have been
-	// dropped or lost; the entries are then those of the log's current
+	// dropped or lost. The entries are then those left after the
+	// position, or, when the log's epoch changed, those of its current
 	// life from its start.
 	retained bool
 	// beyond is set when a real position lies after the log's last entry:
@@ -295,11 +296,9 @@ func (b *Backplane) readPage(ctx context.Context, key, ekey string, from positio
 		case len(msgs) == 0 && res.hasLast && res.last.less(from.id):
 			out.retained, out.beyond = false, true
 		default:
-			// from's entry was trimmed, or the log was deleted.
+			// from's entry was trimmed, or the log was deleted: what
+			// is left after it is read, but something may be gone.
 			out.retained = false
-			if msgs, err = b.fromStart(ctx, key, ekey, &out, limit); err != nil {
-				return pageResult{}, err
-			}
 		}
 	case hasFirst && (!from.hasFirst || first != from.first):
 		// The log's life began after from: everything of it must still
@@ -464,8 +463,8 @@ func (s *subscriber) catchUp() (gap bool) {
 				delete(todo, ch)
 				continue
 			}
-			if !page.retained {
-				gap = true
+			gap = gap || !page.retained
+			if page.epoch != from.epoch {
 				// Whatever comes next is of the log's current life.
 				s.forget(ch)
 			}

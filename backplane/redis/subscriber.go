@@ -142,9 +142,9 @@ func (s *subscriber) run() {
 func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
 	var ps *goredis.PubSub
 	if s.b.sharded {
-		ps = s.b.subClient.SSubscribe(s.b.ctx)
+		ps = s.b.busClient.SSubscribe(s.b.ctx)
 	} else {
-		ps = s.b.subClient.Subscribe(s.b.ctx)
+		ps = s.b.busClient.Subscribe(s.b.ctx)
 	}
 	// Subscribing to the probe channel dials, outside the lock so that
 	// Subscribe calls never wait for a dial. With a cluster, the first
