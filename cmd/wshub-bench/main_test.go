@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -32,14 +31,14 @@ func TestMain(m *testing.M) {
 
 // syncBuffer collects the diagnostics, written by several goroutines.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	lockedWriter
+	b bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
+func newSyncBuffer() *syncBuffer {
+	s := &syncBuffer{}
+	s.w = &s.b
+	return s
 }
 
 func (s *syncBuffer) String() string {
@@ -53,11 +52,11 @@ func (s *syncBuffer) String() string {
 func runLine(t *testing.T, args ...string) result {
 	t.Helper()
 	var stdout bytes.Buffer
-	var stderr syncBuffer
+	stderr := newSyncBuffer()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	start := time.Now()
-	err := run(ctx, append([]string{"-timeout", "60s"}, args...), &stdout, &stderr)
+	err := run(ctx, append([]string{"-timeout", "60s"}, args...), &stdout, stderr)
 	t.Logf("%v in %v\nstdout: %sstderr:\n%s", args, time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String())
 	require.NoError(t, err)
 

@@ -8,18 +8,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/coder/websocket"
 
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/backplane"
 	"github.com/wshub/wshub/backplane/memory"
 )
 
-// server is what a scenario drives: hubs, or the bare websocket server.
+// server is what a scenario drives: hubs, or the bare websocket server of
+// scenario_raw.go.
 type server interface {
 	// urls returns the WebSocket URL of each node, all on 127.0.0.1.
 	urls() []string
@@ -106,31 +105,43 @@ func startHubs(ctx context.Context, cfg hubConfig) (_ *hubCluster, err error) {
 		bus = memory.NewBus()
 	}
 	for i := 0; i < cfg.nodes; i++ {
-		nodeID := fmt.Sprintf("%s-n%d", cfg.tag, i+1)
-		var bp backplane.Backplane
-		if bus != nil {
-			bp, err = bus.NewNode(nodeID)
-		} else {
-			bp, err = backplane.Open(ctx, cfg.backplaneURL)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("backplane for node %d: %w", i+1, err)
-		}
-		c.bps = append(c.bps, bp)
-		hub, err := wshub.New(hubOptions(cfg, bp, nodeID))
-		if err != nil {
-			return nil, fmt.Errorf("hub %d: %w", i+1, err)
-		}
-		c.hubs = append(c.hubs, hub)
-		mux := http.NewServeMux()
-		mux.Handle("/ws", hub)
-		l, err := listen(mux, cfg.log)
-		if err != nil {
+		if err := c.startNode(ctx, cfg, bus, i+1); err != nil {
 			return nil, err
 		}
-		c.lns = append(c.lns, l)
 	}
 	return c, nil
+}
+
+// startNode starts node n: its backplane (a node of bus, if not nil), its
+// hub and its HTTP server.
+func (c *hubCluster) startNode(ctx context.Context, cfg hubConfig, bus *memory.Bus, n int) error {
+	nodeID := fmt.Sprintf("%s-n%d", cfg.tag, n)
+	var (
+		bp  backplane.Backplane
+		err error
+	)
+	if bus != nil {
+		bp, err = bus.NewNode(nodeID)
+	} else {
+		bp, err = backplane.Open(ctx, cfg.backplaneURL)
+	}
+	if err != nil {
+		return fmt.Errorf("backplane for node %d: %w", n, err)
+	}
+	c.bps = append(c.bps, bp)
+	hub, err := wshub.New(hubOptions(cfg, bp, nodeID))
+	if err != nil {
+		return fmt.Errorf("hub %d: %w", n, err)
+	}
+	c.hubs = append(c.hubs, hub)
+	mux := http.NewServeMux()
+	mux.Handle("/ws", hub)
+	l, err := listen(mux, cfg.log)
+	if err != nil {
+		return err
+	}
+	c.lns = append(c.lns, l)
+	return nil
 }
 
 func isMemoryURL(u string) bool { return u == "memory://" || u == "memory:" }
@@ -150,30 +161,34 @@ func hubOptions(cfg hubConfig, bp backplane.Backplane, nodeID string) *wshub.Opt
 		OnConnect: func(ctx context.Context, s *wshub.Session) error {
 			return s.Join(ctx, topic)
 		},
-		// Churners leave and rejoin the topic, through the session or
-		// cluster-wide through the hub.
-		OnMessage: func(ctx context.Context, s *wshub.Session, m wshub.Message) {
-			var err error
-			switch string(m.Data) {
-			case "leave":
-				err = s.Leave(topic)
-			case "join":
-				jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err = s.Join(jctx, topic)
-				cancel()
-			case "hub-leave":
-				err = s.Hub().Leave(ctx, s.UserID(), topic)
-			case "hub-join":
-				err = s.Hub().Join(ctx, s.UserID(), topic)
-			}
-			if err != nil && ctx.Err() == nil {
-				cfg.log.Warn("join/leave failed", "session", s.ID(), "err", err)
-			}
-		},
+		OnMessage:      joinLeave(topic, cfg.log),
 		MaxMessageSize: maxMsg,
 		SendQueueLen:   cfg.queue,
 		SendQueueBytes: queueBytes,
 		Logger:         cfg.log,
+	}
+}
+
+// joinLeave is the hubs' OnMessage: churners leave and rejoin the topic,
+// through the session or cluster-wide through the hub.
+func joinLeave(topic string, log *slog.Logger) func(context.Context, *wshub.Session, wshub.Message) {
+	return func(ctx context.Context, s *wshub.Session, m wshub.Message) {
+		var err error
+		switch string(m.Data) {
+		case "leave":
+			err = s.Leave(topic)
+		case "join":
+			jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err = s.Join(jctx, topic)
+			cancel()
+		case "hub-leave":
+			err = s.Hub().Leave(ctx, s.UserID(), topic)
+		case "hub-join":
+			err = s.Hub().Join(ctx, s.UserID(), topic)
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("join/leave failed", "session", s.ID(), "err", err)
+		}
 	}
 }
 
@@ -225,124 +240,26 @@ func (c *hubCluster) close(ctx context.Context) error {
 	return err
 }
 
-// rawServer is the ceiling: a bare coder/websocket server with no hub. It
-// keeps a slice of connections, reads each in its own goroutine like every
-// server must, and broadcasts by looping over the slice with one Write per
-// connection under a context with a deadline, as a naive server does.
-type rawServer struct {
-	ln       *listener
-	typ      websocket.MessageType
-	timeout  time.Duration
-	handlers sync.WaitGroup
-
-	mu     sync.Mutex
-	closed bool
-	list   atomic.Pointer[[]*websocket.Conn] // copy on write
-
-	writeErrs atomic.Int64
-}
-
-func startRaw(typ websocket.MessageType, log *slog.Logger) (*rawServer, error) {
-	s := &rawServer{typ: typ, timeout: 10 * time.Second}
-	s.list.Store(new([]*websocket.Conn))
-	mux := http.NewServeMux()
-	mux.HandleFunc("/ws", s.serve)
-	l, err := listen(mux, log)
-	if err != nil {
-		return nil, err
-	}
-	s.ln = l
-	return s, nil
-}
-
-func (s *rawServer) serve(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	s.handlers.Add(1)
-	s.mu.Unlock()
-	defer s.handlers.Done()
-
-	conn, err := websocket.Accept(w, r, nil)
-	if err != nil {
-		return
-	}
-	if !s.add(conn) {
-		_ = conn.CloseNow()
-		return
-	}
-	defer s.remove(conn)
-	for {
-		if _, _, err := conn.Read(r.Context()); err != nil {
-			_ = conn.CloseNow()
-			return
+// waitConns waits until the server holds n connections.
+func waitConns(ctx context.Context, srv server, n int) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for srv.conns() < n {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("server holds %d of %d connections: %w", srv.conns(), n, ctx.Err())
 		}
 	}
+	return nil
 }
 
-// add adds c to the list, unless the server is closing.
-func (s *rawServer) add(c *websocket.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	old := *s.list.Load()
-	list := make([]*websocket.Conn, len(old), len(old)+1)
-	copy(list, old)
-	list = append(list, c)
-	s.list.Store(&list)
-	return true
-}
-
-func (s *rawServer) remove(c *websocket.Conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old := *s.list.Load()
-	list := make([]*websocket.Conn, 0, len(old))
-	for _, x := range old {
-		if x != c {
-			list = append(list, x)
-		}
-	}
-	s.list.Store(&list)
-}
-
-// broadcast writes payload to every connection, one after the other, each
-// write bounded by one per-message deadline. A connection whose write fails
-// is closed.
-func (s *rawServer) broadcast(ctx context.Context, payload []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	for _, c := range *s.list.Load() {
-		if err := c.Write(ctx, s.typ, payload); err != nil {
-			s.writeErrs.Add(1)
-			_ = c.CloseNow()
-		}
-	}
-	return ctx.Err()
-}
-
-func (s *rawServer) urls() []string { return []string{s.ln.url} }
-
-func (s *rawServer) conns() int { return len(*s.list.Load()) }
-
-func (s *rawServer) describe(w io.Writer) {
-	fmt.Fprintf(w, "wshub-bench: raw server: conns=%d write_errors=%d\n", s.conns(), s.writeErrs.Load())
-}
-
-func (s *rawServer) close(ctx context.Context) error {
-	s.mu.Lock()
-	s.closed = true
-	list := *s.list.Load()
-	s.mu.Unlock()
-	err := s.ln.shutdown(ctx)
-	for _, c := range list {
-		_ = c.CloseNow()
-	}
-	s.handlers.Wait()
-	return err
+// serverMemory returns the heap and stack in use after a full collection,
+// and the number of goroutines.
+func serverMemory() (uint64, int) {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse + ms.StackInuse, runtime.NumGoroutine()
 }
