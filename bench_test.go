@@ -3,6 +3,7 @@ package wshub
 import (
 	"context"
 	"fmt"
+	"github.com/wshub/wshub/backplane"
 	"net/http/httptest"
 	"runtime"
 	"strconv"
@@ -60,7 +61,7 @@ func BenchmarkFanOut(b *testing.B) {
 	h, sessions := benchHub(b, 1000)
 	payload := (&envelope.Envelope{Op: envelope.OpTopic, Target: "t", Payload: make([]byte, 64)}).Encode()
 	for i := 0; i < 256; i++ { // grow the queues once, outside the measurement
-		h.receive("t:t", payload)
+		h.receive(backplane.Message{Channel: "t:t", Payload: payload})
 	}
 	resetQueues(sessions)
 	b.ReportAllocs()
@@ -71,7 +72,7 @@ func BenchmarkFanOut(b *testing.B) {
 			resetQueues(sessions)
 			b.StartTimer()
 		}
-		h.receive("t:t", payload)
+		h.receive(backplane.Message{Channel: "t:t", Payload: payload})
 	}
 	b.ReportMetric(float64(b.N*len(sessions))/b.Elapsed().Seconds(), "deliveries/s")
 }
@@ -162,7 +163,7 @@ func BenchmarkInterest(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := node.Start(func(string, []byte) {}); err != nil {
+	if err := node.Start(func(backplane.Message) {}); err != nil {
 		b.Fatal(err)
 	}
 	defer node.Close()

@@ -1,6 +1,7 @@
 package wshub
 
 import (
+	"github.com/wshub/wshub/backplane"
 	"net/http/httptest"
 	"testing"
 
@@ -34,6 +35,6 @@ func FuzzReceive(f *testing.F) {
 	f.Cleanup(func() { h.unregister(s) })
 
 	f.Fuzz(func(t *testing.T, payload []byte) {
-		h.receive("u:u", payload)
+		h.receive(backplane.Message{Channel: "u:u", Payload: payload})
 	})
 }

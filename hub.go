@@ -108,12 +108,8 @@ func New(opts *Options) (*Hub, error) {
 	if n, ok := h.bp.(backplane.Notifier); ok {
 		n.Notify(h.onBackplaneEvent)
 	}
-	start := func() error { return h.bp.Start(h.receive) }
-	if l, ok := h.bp.(backplane.Log); ok {
-		h.replay = l
-		start = func() error { return l.StartWithOffsets(h.receiveAt) }
-	}
-	if err := start(); err != nil {
+	h.replay, _ = h.bp.(backplane.Log)
+	if err := h.bp.Start(h.receive); err != nil {
 		if h.ownBP {
 			_ = h.bp.Close()
 		}
@@ -570,28 +566,24 @@ func (h *Hub) Disconnect(ctx context.Context, userID string, code StatusCode, re
 }
 
 // receive is the backplane handler: it decodes an envelope and hands it to
-// the local sessions it names. It never blocks on a socket.
-func (h *Hub) receive(channel string, payload []byte) {
-	h.receiveAt(channel, "", payload)
-}
-
-// receiveAt is receive for a message with its offset in channel's log.
-// What arrives on a user's channel while a Join of that user waits for its
-// topic's subscription is held back in order (see joinGate).
-func (h *Hub) receiveAt(channel, off string, payload []byte) {
-	if h.gates.hold(channel, off, payload) {
+// the local sessions it names. It never blocks on a socket. What arrives on
+// a user's channel while a Join of that user waits for its topic's
+// subscription is held back in order (see joinGates).
+func (h *Hub) receive(m backplane.Message) {
+	if h.gates.hold(m) {
 		return
 	}
-	if f := h.handle(channel, off, payload); f != nil {
-		h.gates.open(channel, f)
+	if f := h.handle(m); f != nil {
+		h.gates.open(m.Channel, f)
 	}
 }
 
 // handle applies one message from the backplane. For a Join that a local
 // session took part in, it returns the flush that confirms the topic's
 // subscription, which later messages on channel must wait for.
-func (h *Hub) handle(channel, off string, payload []byte) *flush {
-	e, err := envelope.Decode(payload)
+func (h *Hub) handle(m backplane.Message) *flush {
+	channel, off := m.Channel, m.Offset
+	e, err := envelope.Decode(m.Payload)
 	if err == nil && (len(e.Payload) > h.opts.MaxMessageSize || len(e.Target) > 2*MaxNameLength) {
 		err = fmt.Errorf("payload of %d bytes or target of %d: over the hub's limits", len(e.Payload), len(e.Target))
 	}

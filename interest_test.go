@@ -45,7 +45,7 @@ func (b *recordingBP) Publish(_ context.Context, ch string, p []byte) error {
 	h, sub := b.handler, b.subs[ch]
 	b.mu.Unlock()
 	if sub && h != nil {
-		h(ch, p)
+		h(backplane.Message{Channel: ch, Payload: p})
 	}
 	return nil
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/wshub/wshub/backplane"
 )
 
 // Bounds of what one user's channel holds back while a Join waits. Past
@@ -34,7 +36,7 @@ type joinGates struct {
 
 // gate is one user channel's held-back messages.
 type gate struct {
-	pending []heldMsg
+	pending []backplane.Message
 	bytes   int
 	// overflow is closed when pending outgrew the bounds: the drain stops
 	// waiting.
@@ -42,25 +44,20 @@ type gate struct {
 	full     bool
 }
 
-type heldMsg struct {
-	off     string
-	payload []byte
-}
-
-// hold queues a message of channel behind a waiting Join, and reports
+// hold queues a message behind a waiting Join, and reports
 // whether it did.
-func (g *joinGates) hold(channel, off string, payload []byte) bool {
-	if g.waiting.Load() == 0 || !strings.HasPrefix(channel, userPrefix) {
+func (g *joinGates) hold(m backplane.Message) bool {
+	if g.waiting.Load() == 0 || !strings.HasPrefix(m.Channel, userPrefix) {
 		return false
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	gt := g.gates[channel]
+	gt := g.gates[m.Channel]
 	if gt == nil {
 		return false
 	}
-	gt.pending = append(gt.pending, heldMsg{off, payload})
-	gt.bytes += len(payload)
+	gt.pending = append(gt.pending, m)
+	gt.bytes += len(m.Payload)
 	if !gt.full && (len(gt.pending) > gateMessages || gt.bytes > gateBytes) {
 		gt.full = true
 		close(gt.overflow)
@@ -109,11 +106,11 @@ func (g *joinGates) drain(channel string, gt *gate, f *flush) {
 			return
 		}
 		m := gt.pending[0]
-		gt.pending[0] = heldMsg{}
+		gt.pending[0] = backplane.Message{}
 		gt.pending = gt.pending[1:]
-		gt.bytes -= len(m.payload)
+		gt.bytes -= len(m.Payload)
 		g.mu.Unlock()
-		f = g.h.handle(channel, m.off, m.payload)
+		f = g.h.handle(m)
 	}
 }
 

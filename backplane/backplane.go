@@ -48,13 +48,25 @@ var (
 	ErrInvalidOffset = errors.New("backplane: invalid offset")
 )
 
+// Message is one message a backplane delivers to its node.
+type Message struct {
+	// Channel is the channel it was published on.
+	Channel string
+	// Offset is its place in the channel's log, for a backplane that keeps
+	// one (see Log), and empty otherwise.
+	Offset string
+	// Payload is what was published, byte for byte. It must not be
+	// modified; the handler may keep it.
+	Payload []byte
+}
+
 // Handler receives the messages that arrive on the channels a node subscribed to.
 //
 // A backplane calls its handler for one channel at a time in the order the
 // messages of each publisher were published; calls for different channels may
-// be concurrent. The handler must not block: it should hand the message off and
-// return. payload must not be modified; the handler may keep it.
-type Handler func(channel string, payload []byte)
+// be concurrent. The handler must not block, nor publish: it should hand the
+// message off and return.
+type Handler func(Message)
 
 // Backplane is one node's connection to the cluster's message bus.
 //
@@ -202,10 +214,6 @@ type Checker interface {
 	Health() error
 }
 
-// OffsetHandler is a Handler that also receives each message's offset in
-// its channel (see Log for what an offset is).
-type OffsetHandler func(channel, offset string, payload []byte)
-
 // SplitOffset splits an offset into its epoch and its position (see Log).
 // An offset without an epoch has an empty one.
 func SplitOffset(offset string) (epoch, position string) {
@@ -244,11 +252,10 @@ type Entry struct {
 // is never mistaken for one in its successor. Positions of one epoch
 // compare in publish order as strings. A backplane whose logs cannot be
 // lost may use one epoch for ever.
+//
+// Every message a Log delivers to its handler carries its offset
+// (Message.Offset).
 type Log interface {
-	// StartWithOffsets is Start with a handler that also receives each
-	// message's offset. Call one of Start and StartWithOffsets, once.
-	StartWithOffsets(h OffsetHandler) error
-
 	// Read returns up to limit messages of channel published after offset,
 	// oldest first. An empty offset reads from the oldest message
 	// retained. It returns an error wrapping ErrNotRetained when messages

@@ -52,10 +52,9 @@ type Features struct {
 
 	// Replay declares that the backend keeps a log of every channel: its
 	// nodes implement backplane.Log, and the suite adds the Replay cases
-	// (offsets handed to a StartWithOffsets handler, Read by offset, paging,
-	// retention, invalid offsets, Read after Close). Those cases start their
-	// nodes with StartWithOffsets instead of Start. Retained must be set
-	// with it.
+	// (an offset on every message handed to the handler, Read by offset,
+	// paging, retention, invalid offsets, Read after Close). Retained must
+	// be set with it.
 	Replay bool
 
 	// Retained is, with Replay, how many messages per channel the harness's
@@ -107,7 +106,6 @@ func Run(t *testing.T, newHarness HarnessMaker, f Features) {
 			{"ReplayReadFromStart", testReplayReadFromStart},
 			{"ReplayNotRetained", testReplayNotRetained},
 			{"ReplayInvalidOffset", testReplayInvalidOffset},
-			{"ReplayStartWithOffsets", testReplayStart},
 			{"ReplayClosed", testReplayClosed},
 		}...)
 	}

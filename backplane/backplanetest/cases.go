@@ -379,7 +379,7 @@ func testCloseBeforeStart(t *testing.T, e *env) {
 	require.NoError(t, bp.Close(), "Close")
 	require.NoError(t, bp.Close(), "second Close")
 	assertClosed(t, e.ctx, bp)
-	assert.ErrorIs(t, bp.Start(func(string, []byte) {}), backplane.ErrClosed, "Start after Close")
+	assert.ErrorIs(t, bp.Start(func(backplane.Message) {}), backplane.ErrClosed, "Start after Close")
 }
 
 // assertClosed checks that Publish, Subscribe and Unsubscribe fail with

@@ -106,13 +106,13 @@ func newRecorder() *recorder {
 }
 
 // handle is the backplane.Handler.
-func (r *recorder) handle(channel string, payload []byte) {
+func (r *recorder) handle(m backplane.Message) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		r.late++
 	}
-	r.msgs = append(r.msgs, message{channel: channel, payload: payload})
+	r.msgs = append(r.msgs, message{channel: m.Channel, payload: m.Payload})
 	close(r.changed)
 	r.changed = make(chan struct{})
 }

@@ -14,18 +14,17 @@ import (
 )
 
 // The Replay cases run when Features.Replay is set. Their nodes implement
-// backplane.Log and are started with StartWithOffsets, so that every
-// message arrives with its offset; the cases compare those offsets with what
-// Read returns.
+// backplane.Log, so that every message arrives with its offset; the cases
+// compare those offsets with what Read returns.
 
-// logMsg is one call of an OffsetHandler.
+// logMsg is one message a node was handed.
 type logMsg struct {
 	channel string
 	offset  string
 	payload []byte
 }
 
-// logRecorder is an OffsetHandler that keeps every message it is given
+// logRecorder is a Handler that keeps every message it is given
 // and lets a test wait for them.
 type logRecorder struct {
 	mu   sync.Mutex
@@ -38,11 +37,11 @@ func newLogRecorder() *logRecorder {
 	return &logRecorder{changed: make(chan struct{})}
 }
 
-// handle is the backplane.OffsetHandler.
-func (r *logRecorder) handle(channel, offset string, payload []byte) {
+// handle is the backplane.Handler.
+func (r *logRecorder) handle(m backplane.Message) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.msgs = append(r.msgs, logMsg{channel: channel, offset: offset, payload: payload})
+	r.msgs = append(r.msgs, logMsg{channel: m.Channel, offset: m.Offset, payload: m.Payload})
 	close(r.changed)
 	r.changed = make(chan struct{})
 }
@@ -88,7 +87,7 @@ func (r *logRecorder) waitCount(t *testing.T, n *logNode, channel string, k int)
 	}
 }
 
-// logNode is a node started with StartWithOffsets.
+// logNode is a started node of a backend that keeps logs.
 type logNode struct {
 	backplane.Backplane
 	log  backplane.Log
@@ -104,18 +103,17 @@ func asLog(t *testing.T, bp backplane.Backplane) backplane.Log {
 	return lg
 }
 
-// logNode makes a node and starts it with StartWithOffsets and a fresh
-// recorder.
+// logNode makes a node and starts it with a fresh recorder.
 func (e *env) logNode() *logNode {
 	e.t.Helper()
 	e.count++
 	bp := e.makeRaw()
 	n := &logNode{Backplane: bp, log: asLog(e.t, bp), name: fmt.Sprintf("node %d", e.count), rec: newLogRecorder()}
-	require.NoError(e.t, n.log.StartWithOffsets(n.rec.handle), "StartWithOffsets %s", n.name)
+	require.NoError(e.t, n.Start(n.rec.handle), "Start %s", n.name)
 	return n
 }
 
-// logNodes makes k nodes started with StartWithOffsets.
+// logNodes makes k started nodes of a backend that keeps logs.
 func (e *env) logNodes(k int) []*logNode {
 	e.t.Helper()
 	ns := make([]*logNode, k)
@@ -196,7 +194,7 @@ func (e *env) replayCount() int {
 	return min(e.f.Retained, 100)
 }
 
-// testReplayOffsets: every message reaches a StartWithOffsets handler with
+// testReplayOffsets: every message reaches the handler with
 // a non-empty offset; the offsets of a channel grow (as strings) in the
 // order one publisher published; every node sees the same offset for the
 // same message.
@@ -347,26 +345,7 @@ func testReplayInvalidOffset(t *testing.T, e *env) {
 	assertEntries(t, a.rec.on(ch), got, "Read from the start")
 }
 
-// testReplayStart: StartWithOffsets is Start: a nil handler is an error,
-// and a node is started once, by either of them.
-func testReplayStart(t *testing.T, e *env) {
-	h := func(string, string, []byte) {}
-	bp := e.makeRaw()
-	assert.Error(t, asLog(t, bp).StartWithOffsets(nil), "StartWithOffsets with a nil handler")
-
-	bp = e.makeRaw()
-	lg := asLog(t, bp)
-	require.NoError(t, lg.StartWithOffsets(h), "StartWithOffsets")
-	assert.ErrorIs(t, lg.StartWithOffsets(h), backplane.ErrStarted, "StartWithOffsets twice")
-	assert.ErrorIs(t, bp.Start(func(string, []byte) {}), backplane.ErrStarted, "Start after StartWithOffsets")
-
-	bp = e.makeRaw()
-	require.NoError(t, bp.Start(func(string, []byte) {}), "Start")
-	assert.ErrorIs(t, asLog(t, bp).StartWithOffsets(h), backplane.ErrStarted, "StartWithOffsets after Start")
-}
-
-// testReplayClosed: after Close, Read and StartWithOffsets fail with
-// ErrClosed.
+// testReplayClosed: after Close, Read fails with ErrClosed.
 func testReplayClosed(t *testing.T, e *env) {
 	const ch = "t:replay-closed"
 	a := e.logNode()
@@ -376,13 +355,11 @@ func testReplayClosed(t *testing.T, e *env) {
 	off := a.rec.on(ch)[0].offset
 	require.NoError(t, a.Close(), "Close")
 	assertReadClosed(t, e.ctx, a.log, ch, off)
-	assert.ErrorIs(t, a.log.StartWithOffsets(a.rec.handle), backplane.ErrClosed, "StartWithOffsets after Close")
 
 	bp := e.makeRaw()
 	require.NoError(t, bp.Close(), "Close before Start")
 	lg := asLog(t, bp)
 	assertReadClosed(t, e.ctx, lg, ch, off)
-	assert.ErrorIs(t, lg.StartWithOffsets(a.rec.handle), backplane.ErrClosed, "StartWithOffsets after Close")
 }
 
 func assertReadClosed(t *testing.T, ctx context.Context, lg backplane.Log, ch, off string) {

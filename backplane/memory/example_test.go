@@ -22,8 +22,8 @@ func Example() {
 	events := make(chan backplane.Event, 8)
 	b.Notify(func(ev backplane.Event) { events <- ev }) // must not block
 	received := make(chan string, 8)
-	_ = a.Start(func(string, []byte) {})
-	_ = b.Start(func(channel string, payload []byte) { received <- channel + " " + string(payload) })
+	_ = a.Start(func(backplane.Message) {})
+	_ = b.Start(func(m backplane.Message) { received <- m.Channel + " " + string(m.Payload) })
 	_ = b.Subscribe(ctx, "t:news")
 
 	_ = bus.Partition("b")

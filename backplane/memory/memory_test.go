@@ -58,8 +58,8 @@ func unstartedPeer(t *testing.T, bus *memory.Bus, name string) *peer {
 	return p
 }
 
-func (p *peer) handle(channel string, payload []byte) {
-	p.msgs <- message{channel: channel, payload: string(payload)}
+func (p *peer) handle(m backplane.Message) {
+	p.msgs <- message{channel: m.Channel, payload: string(m.Payload)}
 }
 
 // next returns the next message p receives.
@@ -191,7 +191,7 @@ func TestPartitionWithoutNotify(t *testing.T) {
 	n, err := bus.NewNode("quiet")
 	require.NoError(t, err)
 	defer func() { require.NoError(t, n.Close()) }()
-	require.NoError(t, n.Start(func(string, []byte) {}))
+	require.NoError(t, n.Start(func(backplane.Message) {}))
 	require.NoError(t, bus.Partition("quiet"))
 	require.NoError(t, bus.Heal("quiet"))
 }
@@ -363,7 +363,7 @@ func TestStartNilHandler(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, n.Close()) }()
 	require.Error(t, n.Start(nil))
-	require.NoError(t, n.Start(func(string, []byte) {}), "a failed Start does not count")
+	require.NoError(t, n.Start(func(backplane.Message) {}), "a failed Start does not count")
 }
 
 func TestOpen(t *testing.T) {
@@ -371,7 +371,7 @@ func TestOpen(t *testing.T) {
 	bp, err := backplane.Open(ctx, "memory://")
 	require.NoError(t, err)
 	got := make(chan string, 1)
-	require.NoError(t, bp.Start(func(_ string, p []byte) { got <- string(p) }))
+	require.NoError(t, bp.Start(func(m backplane.Message) { got <- string(m.Payload) }))
 	require.NoError(t, bp.Subscribe(ctx, "ch"))
 	require.NoError(t, bp.Publish(ctx, "ch", []byte("self")))
 	select {
@@ -417,9 +417,9 @@ func newGated(t *testing.T, bus *memory.Bus, name string, messages, bytes int) *
 		assert.NoError(t, n.Close())
 	})
 	require.NoError(t, bus.SetQueueLimit(name, messages, bytes))
-	require.NoError(t, n.Start(func(_ string, payload []byte) {
+	require.NoError(t, n.Start(func(m backplane.Message) {
 		select {
-		case g.msgs <- string(payload):
+		case g.msgs <- string(m.Payload):
 		case <-g.open:
 		}
 	}))
@@ -656,12 +656,12 @@ func benchBus(b *testing.B, subscribers int) (pub *memory.Node, done <-chan stru
 	pub, err := bus.NewNode("pub")
 	require.NoError(b, err)
 	b.Cleanup(func() { require.NoError(b, pub.Close()) })
-	require.NoError(b, pub.Start(func(string, []byte) {}))
+	require.NoError(b, pub.Start(func(backplane.Message) {}))
 
 	var got atomic.Int64
 	target := int64(subscribers * b.N)
 	all := make(chan struct{})
-	count := func(string, []byte) {
+	count := func(backplane.Message) {
 		if got.Add(1) == target {
 			close(all)
 		}

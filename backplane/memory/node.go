@@ -417,7 +417,7 @@ func (n *Node) run(h backplane.Handler) {
 				continue
 			}
 			n.delivered.Add(1)
-			h(d.channel, d.payload)
+			h(backplane.Message{Channel: d.channel, Payload: d.payload})
 			n.release(len(d.payload))
 		}
 		if cap(batch) > shrinkCap && len(batch) < cap(batch)/4 {

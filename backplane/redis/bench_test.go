@@ -30,7 +30,7 @@ func BenchmarkPublish(b *testing.B) {
 
 func benchPublish(b *testing.B, addr string, callers int, subscribed bool) {
 	prefix := "bench-" + randomHex() + ":"
-	mk := func(h func(string, []byte)) *wsredis.Backplane {
+	mk := func(h backplane.Handler) *wsredis.Backplane {
 		client := goredis.NewClient(&goredis.Options{Addr: addr})
 		bp, err := wsredis.New(client, &wsredis.Options{Prefix: prefix, Logger: quiet})
 		if err != nil {
@@ -42,11 +42,11 @@ func benchPublish(b *testing.B, addr string, callers int, subscribed bool) {
 		b.Cleanup(func() { _ = bp.Close(); _ = client.Close() })
 		return bp
 	}
-	pub := mk(func(string, []byte) {})
+	pub := mk(func(backplane.Message) {})
 	var got atomic.Int64
 	done := make(chan struct{})
 	if subscribed {
-		sub := mk(func(string, []byte) {
+		sub := mk(func(backplane.Message) {
 			if got.Add(1) == int64(b.N) {
 				close(done)
 			}
@@ -90,7 +90,7 @@ func BenchmarkStreamsCatchUp(b *testing.B) {
 		b.StopTimer()
 		prefix := "catchup-" + randomHex() + ":"
 		proxy := redistest.NewProxy(b, srv.Addr())
-		mk := func(addr string, h func(string, []byte)) *wsredis.Backplane {
+		mk := func(addr string, h backplane.Handler) *wsredis.Backplane {
 			client := goredis.NewClient(&goredis.Options{Addr: addr})
 			bp, err := wsredis.New(client, &wsredis.Options{Prefix: prefix, Logger: quiet,
 				Mode: wsredis.ModeStreams, MaxLen: 2 * missed, ProbeInterval: 50 * time.Millisecond})
@@ -103,11 +103,11 @@ func BenchmarkStreamsCatchUp(b *testing.B) {
 			b.Cleanup(func() { _ = bp.Close(); _ = client.Close() })
 			return bp
 		}
-		pub := mk(srv.Addr(), func(string, []byte) {})
+		pub := mk(srv.Addr(), func(backplane.Message) {})
 		var got atomic.Int64
 		done := make(chan struct{})
 		events := make(chan backplane.Event, 10)
-		sub := mk(proxy.Addr(), func(string, []byte) {
+		sub := mk(proxy.Addr(), func(backplane.Message) {
 			if got.Add(1) == missed {
 				close(done)
 			}

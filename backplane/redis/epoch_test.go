@@ -196,7 +196,7 @@ func TestProbeCannotBePoisoned(t *testing.T) {
 				ProbeInterval: 100 * time.Millisecond})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = bp.Close() })
-			require.NoError(t, bp.Start(func(string, []byte) {}))
+			require.NoError(t, bp.Start(func(backplane.Message) {}))
 			require.NoError(t, bp.Subscribe(bg, "c:x"))
 			require.Eventually(t, func() bool { return bp.Health() == nil }, streamsWait, 10*time.Millisecond)
 
@@ -233,7 +233,7 @@ func TestPublishFailsFastWhileDown(t *testing.T) {
 			t.Cleanup(func() { _ = bp.Close() })
 			var events eventLog
 			bp.Notify(events.add)
-			require.NoError(t, bp.Start(func(string, []byte) {}))
+			require.NoError(t, bp.Start(func(backplane.Message) {}))
 			require.NoError(t, bp.Subscribe(bg, "c:x"))
 			require.NoError(t, bp.Publish(bg, "c:x", []byte("up")))
 

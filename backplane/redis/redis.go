@@ -198,7 +198,6 @@ type Backplane struct {
 	started bool
 	closed  bool
 	handler backplane.Handler
-	atH     backplane.OffsetHandler // set by StartWithOffsets
 	notify  func(backplane.Event)
 	subs    map[int]*subscriber // by shard; shard 0 without a cluster
 	down    int                 // subscribers currently down
@@ -268,20 +267,6 @@ func (b *Backplane) Start(h backplane.Handler) error {
 	if h == nil {
 		return errors.New("redis backplane: nil handler")
 	}
-	return b.start(h, nil)
-}
-
-// StartWithOffsets is Start with a handler that also receives each
-// message's offset in its channel. In ModePubSub messages have no offset
-// and the handler gets an empty one.
-func (b *Backplane) StartWithOffsets(h backplane.OffsetHandler) error {
-	if h == nil {
-		return errors.New("redis backplane: nil handler")
-	}
-	return b.start(func(ch string, p []byte) { h(ch, "", p) }, h)
-}
-
-func (b *Backplane) start(h backplane.Handler, atH backplane.OffsetHandler) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
@@ -291,7 +276,7 @@ func (b *Backplane) start(h backplane.Handler, atH backplane.OffsetHandler) erro
 		return backplane.ErrStarted
 	}
 	b.started = true
-	b.handler, b.atH = h, atH
+	b.handler = h
 	if !b.sharded {
 		b.subscriberLocked(0)
 	}
@@ -562,22 +547,11 @@ func (b *Backplane) group(channels []string) (map[int][]string, error) {
 	return groups, nil
 }
 
-// deliver hands a message of a Redis channel to the handler.
-func (b *Backplane) deliver(s *subscriber, redisChannel, payload string) {
-	ch := strings.TrimPrefix(redisChannel, s.prefix)
+// deliver hands a message of a Redis channel, with its offset in
+// ModeStreams, to the handler.
+func (b *Backplane) deliver(s *subscriber, redisChannel, offset, payload string) {
 	b.stats.received.Add(1)
-	b.handler(ch, []byte(payload))
-}
-
-// deliverAt hands a logged message and its offset to the handler.
-func (b *Backplane) deliverAt(s *subscriber, redisChannel, offset, payload string) {
-	ch := strings.TrimPrefix(redisChannel, s.prefix)
-	b.stats.received.Add(1)
-	if b.atH != nil {
-		b.atH(ch, offset, []byte(payload))
-	} else {
-		b.handler(ch, []byte(payload))
-	}
+	b.handler(backplane.Message{Channel: strings.TrimPrefix(redisChannel, s.prefix), Offset: offset, Payload: []byte(payload)})
 }
 
 // setDown records that s stopped receiving, and reports the first such

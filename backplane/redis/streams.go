@@ -514,7 +514,7 @@ func (s *subscriber) deliverEntry(redisChannel, epoch string, id streamID, paylo
 	}
 	s.last[redisChannel] = position{epoch: epoch, id: id, real: true}
 	s.mu.Unlock()
-	s.b.deliverAt(s, redisChannel, offsetOf(epoch, id), payload)
+	s.b.deliver(s, redisChannel, offsetOf(epoch, id), payload)
 	return true
 }
 

@@ -75,7 +75,8 @@ func newReceived() *received {
 	return &received{msgs: make(map[string][]string), offs: make(map[string][]string)}
 }
 
-func (r *received) handle(ch, off string, p []byte) {
+func (r *received) handle(m backplane.Message) {
+	ch, off, p := m.Channel, m.Offset, m.Payload
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.msgs[ch] = append(r.msgs[ch], string(p))
@@ -115,7 +116,7 @@ func newStreamsNode(t *testing.T, addr string, o wsredis.Options) *streamsNode {
 	t.Cleanup(func() { assert.NoError(t, bp.Close()) })
 	n := &streamsNode{Backplane: bp, events: &eventLog{}, rec: newReceived()}
 	bp.Notify(n.events.add)
-	require.NoError(t, bp.StartWithOffsets(n.rec.handle))
+	require.NoError(t, bp.Start(n.rec.handle))
 	return n
 }
 
@@ -548,7 +549,8 @@ func newOrderChecker(t *testing.T, addr string, o wsredis.Options) *orderChecker
 	return oc
 }
 
-func (oc *orderChecker) handle(ch string, p []byte) {
+func (oc *orderChecker) handle(m backplane.Message) {
+	ch, p := m.Channel, m.Payload
 	round, _, _ := strings.Cut(string(p), " ")
 	oc.mu.Lock()
 	if want := strconv.Itoa(oc.next[ch]); round != want && oc.err == nil {

@@ -268,7 +268,7 @@ func (s *subscriber) onMessage(m *goredis.Message) {
 		s.deliverEntry(m.Channel, epoch, id, payload)
 		return
 	}
-	s.b.deliver(s, m.Channel, m.Payload)
+	s.b.deliver(s, m.Channel, "", m.Payload)
 }
 
 func (s *subscriber) onSubscription(m *goredis.Subscription) error {
