@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wshub/wshub/backplane"
@@ -102,8 +103,25 @@ type Bus struct {
 	index map[string][]*Node
 	// seq numbers the generated node names.
 	seq uint64
-	// epoch is the origin of the monotonic clock used for delays.
+	// epoch is the origin of the monotonic clock used for delays and log
+	// ages.
 	epoch time.Time
+
+	// logMu guards the fields below. It may be held while a chanLog's
+	// mutex is taken, but is never taken while one of those or mu is held.
+	logMu sync.Mutex
+	// logs holds the channel logs by channel; oldest and newest end their
+	// list, from the least to the most recently published to.
+	logs           map[string]*chanLog
+	oldest, newest *chanLog
+	// logMsgs and logAge are the logs' bounds (see SetLogLimit); logMsgs
+	// is 0 while the logs are off. logOn mirrors logMsgs > 0 for publish
+	// to read without locking.
+	logMsgs int
+	logAge  time.Duration
+	logOn   atomic.Bool
+	// epochTag and epochs make the logs' epochs (see newEpochLocked).
+	epochTag, epochs uint32
 }
 
 // NewBus returns an empty bus.
@@ -317,9 +335,23 @@ func (b *Bus) Stats(name string) (NodeStats, error) {
 // concurrent publish. publish returns an error wrapping ctx.Err() when ctx
 // ends, and one wrapping backplane.ErrClosed when from is closed, before the
 // message was handed to any node.
+//
+// While the bus keeps logs, publish holds the channel's log locked from
+// before it checks the queues until it has appended to them, so that the
+// messages of a channel are appended to its log and to every queue in the
+// same order.
 func (b *Bus) publish(ctx context.Context, from *Node, channel string, payload []byte) error {
 	var now int64 // read lazily, once, for delayed nodes
 	for {
+		var (
+			lg      *chanLog
+			at      int64
+			maxMsgs int
+			maxAge  time.Duration
+		)
+		if b.logOn.Load() {
+			lg, at, maxMsgs, maxAge = b.logForPublish(channel)
+		}
 		b.mu.RLock()
 		subs := b.index[channel]
 		var (
@@ -333,13 +365,23 @@ func (b *Bus) publish(ctx context.Context, from *Node, channel string, payload [
 			}
 		}
 		if full == nil {
+			var off string
+			if lg != nil {
+				off = lg.appendLocked(payload, at, maxMsgs, maxAge)
+			}
 			for _, n := range subs {
-				n.enqueue(channel, payload, &now)
+				n.enqueue(channel, off, payload, &now)
 			}
 			b.mu.RUnlock()
+			if lg != nil {
+				lg.mu.Unlock()
+			}
 			return nil
 		}
 		b.mu.RUnlock()
+		if lg != nil {
+			lg.mu.Unlock()
+		}
 
 		full.waits.Add(1)
 		select {

@@ -9,15 +9,36 @@ import (
 	"github.com/wshub/wshub/backplane/memory"
 )
 
+// logRetained is how many messages per channel the buses of
+// TestConformanceWithLogs keep.
+const logRetained = 100
+
+// TestConformance runs the suite on a bus without logs, the default.
 func TestConformance(t *testing.T) {
-	backplanetest.Run(t, newHarness, backplanetest.Features{})
+	backplanetest.Run(t, newHarness(0), backplanetest.Features{})
+}
+
+// TestConformanceWithLogs runs the suite, the Replay cases included, on a
+// bus that keeps logs bounded by count alone.
+func TestConformanceWithLogs(t *testing.T) {
+	backplanetest.Run(t, newHarness(logRetained), backplanetest.Features{Replay: true, Retained: logRetained})
 }
 
 // harness makes the nodes of one memory.Bus.
 type harness struct{ bus *memory.Bus }
 
-func newHarness(context.Context, *testing.T) (backplanetest.Harness, error) {
-	return harness{bus: memory.NewBus()}, nil
+// newHarness returns a HarnessMaker of buses that keep logs of retained
+// messages per channel, or none for 0.
+func newHarness(retained int) backplanetest.HarnessMaker {
+	return func(context.Context, *testing.T) (backplanetest.Harness, error) {
+		bus := memory.NewBus()
+		if retained > 0 {
+			if err := bus.SetLogLimit(retained, 0); err != nil {
+				return nil, err
+			}
+		}
+		return harness{bus: bus}, nil
+	}
 }
 
 func (h harness) MakeNode(context.Context) (backplane.Backplane, error) {

@@ -2,8 +2,8 @@
 // cluster inside one program, usually one test.
 //
 // A Bus is the shared message bus; each Node made by Bus.NewNode is one
-// cluster member and implements backplane.Backplane and backplane.Notifier.
-// Give each hub of the simulated cluster its own Node of the same Bus:
+// cluster member and implements backplane.Backplane and backplane.Notifier
+// (and backplane.Log, see "Logs and resume"). Give each hub of the simulated cluster its own Node of the same Bus:
 //
 //	bus := memory.NewBus()
 //	a, _ := bus.NewNode("a") // backplane of hub A
@@ -64,6 +64,49 @@
 // (Abandoned). Events for Notify do not count in the bounds, and a
 // partitioned node queues nothing. A handler must not publish: it could wait
 // for room in its own queue, which only its returning makes.
+//
+// # Logs and resume
+//
+// A bus can keep a bounded log of every channel, as the Redis Streams
+// backend does, so that an application can test its clients' resume
+// (wshub's wshub_since) without Redis. The logs are off by default: a hub
+// made without a backplane runs on a private bus, and keeping messages it
+// will never replay would cost memory, and the positions framing would
+// change, for every such hub. Turn them on per bus:
+//
+//	bus.SetLogLimit(1000, 5*time.Minute) // per channel: the newest 1000 messages, none older than 5 minutes (0: no age bound)
+//	bus.DropLog("t:room")                // t:room's log is lost: resuming clients get "!not-recovered t:room"
+//	bus.DropLogs()                       // every log is lost, as on a Redis restart without persistence
+//	bus.SetLogLimit(0, 0)                // logs off again (and dropped)
+//
+// While the bus keeps logs, every message a node delivers carries its
+// offset (backplane.Message.Offset), "<epoch>:<position>", both 16
+// lowercase hexadecimal digits, so that the positions of one epoch compare
+// in publish order as strings; and Node.Read (backplane.Log) reads a
+// channel's log back by offset. Every message published to a channel is
+// logged, whether or not a node holds the channel, and the offsets of a
+// channel grow in the order in which every node receives its messages:
+// publishes to one channel are serialised while the bus keeps logs.
+//
+// Each channel's log has an epoch of its own, which changes whenever the log
+// is dropped: by DropLog, DropLogs or SetLogLimit(0, 0), or once all its
+// messages are older than the age bound (the channel's next message then
+// starts a new epoch). Epochs are also unique to their bus, so an offset
+// kept from another bus is of another epoch. Read semantics are those of
+// the Redis Streams backend: an offset of another epoch, or whose message
+// retention dropped, is answered with backplane.ErrNotRetained; a malformed
+// offset, or one after the log's last message, with
+// backplane.ErrInvalidOffset; an empty offset reads from the oldest
+// message retained. While the bus keeps no logs, Read returns
+// backplane.ErrNotRetained, as the Redis pub/sub mode does.
+//
+// A log costs about 200 bytes per channel (and its name) and, per retained
+// message, up to 64 bytes plus its payload, which it keeps (payloads are not
+// copied). The logs of channels whose messages have all aged out are freed as other
+// messages are published. Faults that drop deliveries (Partition,
+// SetDropRate) do not drop messages from the logs, and a healed node does
+// not catch up from them: it reports a gap, and resuming clients recover
+// from the log.
 //
 // # URL
 //

@@ -16,6 +16,7 @@ var (
 	_ backplane.Backplane = (*Node)(nil)
 	_ backplane.Notifier  = (*Node)(nil)
 	_ backplane.Checker   = (*Node)(nil)
+	_ backplane.Log       = (*Node)(nil)
 )
 
 // shrinkCap is the capacity above which a delivery buffer that was mostly
@@ -23,8 +24,10 @@ var (
 const shrinkCap = 1 << 12
 
 // Node is one member of a simulated cluster: its connection to a Bus. It
-// implements backplane.Backplane and backplane.Notifier. Make nodes with
-// Bus.NewNode; all methods are safe for concurrent use.
+// implements backplane.Backplane, backplane.Notifier, backplane.Checker and
+// backplane.Log (whose Read finds messages only while the bus keeps logs,
+// see Bus.SetLogLimit). Make nodes with Bus.NewNode; all methods are safe
+// for concurrent use.
 //
 // Beyond the backplane.Backplane contract, a Node accepts Subscribe and
 // Publish before Start: messages that arrive before Start are queued, within
@@ -85,6 +88,7 @@ type Node struct {
 // Notify function when note is set.
 type delivery struct {
 	channel string
+	offset  string // empty while the bus keeps no logs
 	payload []byte
 	// due is when the message may be delivered, in Bus.now time; 0 means at
 	// once.
@@ -243,7 +247,7 @@ func (n *Node) Close() error {
 // enqueue appends a message to the node's queue, unless a fault drops it.
 // now caches the publish time, read at most once per publish. It does not
 // check for room: Bus.publish did (see room).
-func (n *Node) enqueue(channel string, payload []byte, now *int64) {
+func (n *Node) enqueue(channel, offset string, payload []byte, now *int64) {
 	n.mu.Lock()
 	if n.partitioned || (n.dropRate > 0 && rand.Float64() < n.dropRate) {
 		if n.partitioned {
@@ -261,7 +265,7 @@ func (n *Node) enqueue(channel string, payload []byte, now *int64) {
 		due = *now + int64(n.delay)
 	}
 	wasEmpty := len(n.queue) == 0
-	n.queue = append(n.queue, delivery{channel: channel, payload: payload, due: due})
+	n.queue = append(n.queue, delivery{channel: channel, offset: offset, payload: payload, due: due})
 	n.queued++
 	n.queuedBytes += int64(len(payload))
 	msgs, bytes := n.queuedLocked()
@@ -417,7 +421,7 @@ func (n *Node) run(h backplane.Handler) {
 				continue
 			}
 			n.delivered.Add(1)
-			h(backplane.Message{Channel: d.channel, Payload: d.payload})
+			h(backplane.Message{Channel: d.channel, Offset: d.offset, Payload: d.payload})
 			n.release(len(d.payload))
 		}
 		if cap(batch) > shrinkCap && len(batch) < cap(batch)/4 {
@@ -426,6 +430,23 @@ func (n *Node) run(h backplane.Handler) {
 			clear(batch) // let the payloads go
 		}
 	}
+}
+
+// Read returns up to limit messages of channel's log published after
+// offset, oldest first, with their offsets (see backplane.Log and
+// Bus.SetLogLimit). An empty offset reads from the oldest message retained;
+// a channel without a log has no messages. Read returns an error wrapping
+// backplane.ErrNotRetained when messages after offset may have been
+// dropped: the message at offset was dropped by retention, or offset is of
+// another epoch (its log expired, or was dropped by Bus.DropLog), or the
+// bus keeps no logs. It returns one wrapping backplane.ErrInvalidOffset for
+// an offset the bus did not hand out: malformed, or after the last message
+// of the channel's log. Like Publish, it fails with an error wrapping
+// backplane.ErrUnavailable while the node is partitioned, and one wrapping
+// backplane.ErrClosed after Close. The payloads are those published, not
+// copies: they must not be modified.
+func (n *Node) Read(ctx context.Context, channel, offset string, limit int) ([]backplane.Entry, error) {
+	return n.bus.read(ctx, n, channel, offset, limit)
 }
 
 // Health returns nil while the node delivers, an error wrapping
