@@ -26,22 +26,25 @@ import (
 // p99 latency in milliseconds, and messages lost.
 func BenchmarkRedisSend(b *testing.B) {
 	srv := redistest.Start(b)
-	for _, mode := range []wsredis.Mode{wsredis.ModePubSub, wsredis.ModeStreams} {
+	for _, m := range []struct {
+		mode string
+		mk   redisBackplane
+	}{{"pubsub", redisPubSub(wsredis.Options{})}, {"streams", redisStreams(wsredis.StreamsOptions{})}} {
 		for _, callers := range []int{1, 16} {
-			b.Run(fmt.Sprintf("mode=%s/callers=%d", mode, callers), func(b *testing.B) {
-				benchRedisSend(b, srv.Addr(), mode, callers)
+			b.Run(fmt.Sprintf("mode=%s/callers=%d", m.mode, callers), func(b *testing.B) {
+				benchRedisSend(b, srv.Addr(), m.mk, callers)
 			})
 		}
 	}
 }
 
-func benchRedisSend(b *testing.B, addr string, mode wsredis.Mode, callers int) {
+func benchRedisSend(b *testing.B, addr string, mk redisBackplane, callers int) {
 	const users = 100
 	prefix := "bench-" + randomHex() + ":"
 	hubs := make([]*Hub, 2)
 	for i := range hubs {
 		client := goredis.NewClient(&goredis.Options{Addr: addr, PoolSize: 32})
-		bp, err := wsredis.New(client, &wsredis.Options{Prefix: prefix, Logger: quiet, Mode: mode})
+		bp, _, err := mk(client, prefix)
 		if err != nil {
 			b.Fatal(err)
 		}

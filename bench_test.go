@@ -39,7 +39,7 @@ func benchHub(b *testing.B, n int) (*Hub, []*Session) {
 	}
 	b.Cleanup(func() {
 		for _, s := range sessions {
-			h.unregister(s)
+			h.reg.remove(s)
 		}
 	})
 	return h, sessions
@@ -48,8 +48,8 @@ func benchHub(b *testing.B, n int) (*Hub, []*Session) {
 func resetQueues(sessions []*Session) {
 	for _, s := range sessions {
 		s.mu.Lock()
-		clear(s.queue)
-		s.queue, s.queueBytes = s.queue[:0], 0
+		clear(s.q.msgs)
+		s.q.msgs, s.q.bytes = s.q.msgs[:0], 0
 		s.mu.Unlock()
 	}
 }
@@ -134,9 +134,8 @@ func BenchmarkBroadcastSockets(b *testing.B) {
 	}
 	// OnConnect may still be joining the last clients.
 	for {
-		h.mu.RLock()
-		n := len(h.topics["t"])
-		h.mu.RUnlock()
+		n := 0
+		h.reg.eachInTopic("t", func(*Session) { n++ })
 		if n == clients && h.interest.ready(topicPrefix+"t") == nil {
 			break
 		}
@@ -169,26 +168,25 @@ func BenchmarkInterest(b *testing.B) {
 	defer node.Close()
 	im := newInterest(node, quiet, waitFor)
 	defer im.close()
-	if err := im.acquire("t:held").wait(bg); err != nil {
+	if err := im.first("t:held").wait(bg); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("held", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
-			if err := im.acquire("t:held").wait(bg); err != nil {
+			if err := im.pending("t:held").wait(bg); err != nil {
 				b.Fatal(err)
 			}
-			im.release("t:held")
 		}
 	})
 	b.Run("new", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
 			ch := "t:" + strconv.Itoa(i)
-			if err := im.acquire(ch).wait(bg); err != nil {
+			if err := im.first(ch).wait(bg); err != nil {
 				b.Fatal(err)
 			}
-			im.release(ch)
+			im.last(ch)
 		}
 	})
 }

@@ -87,7 +87,7 @@ func TestDefaultQueueHoldsABurst(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		require.NoError(t, s.Send(msg), "message %d", i) // no socket yet: all of it stays queued
 	}
-	assert.Equal(t, 1000, len(s.queue))
+	assert.Equal(t, 1000, len(s.q.msgs))
 	assert.Zero(t, h.Stats().SlowClosed)
 
 	o := h.opts
@@ -101,6 +101,6 @@ func TestDefaultQueueHoldsABurst(t *testing.T) {
 	for i := 0; i < 20000; i++ {
 		require.NoError(t, s.Send(Binary(nil)))
 	}
-	assert.Equal(t, 1<<20/queuedOverhead+1, len(s.queue), "empty messages count against the byte bound")
-	assert.EqualValues(t, 20000-len(s.queue), e.Stats().Dropped)
+	assert.Equal(t, 1<<20/queuedOverhead+1, len(s.q.msgs), "empty messages count against the byte bound")
+	assert.EqualValues(t, 20000-len(s.q.msgs), e.Stats().Dropped)
 }

@@ -1,9 +1,7 @@
 package wshub
 
 import (
-	"bufio"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,49 +200,4 @@ func (c *corkConn) flushLocked() error {
 	_, err := c.sendLocked(c.buf)
 	c.buf = c.buf[:0]
 	return err
-}
-
-// corkingWriter wraps the ResponseWriter handed to websocket.Accept so that
-// the hijacked connection, which the library writes to, is a corkConn.
-type corkingWriter struct {
-	http.ResponseWriter
-	conn *corkConn
-}
-
-// Hijack implements http.Hijacker, finding the server's Hijacker through
-// middleware that wraps the ResponseWriter and exposes it with Unwrap.
-func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err != nil {
-		return nil, nil, err
-	}
-	w.conn = &corkConn{Conn: nc}
-	brw.Writer.Reset(w.conn)
-	return w.conn, brw, nil
-}
-
-// Unwrap returns the wrapped ResponseWriter, for http.ResponseController.
-func (w *corkingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// WriteHeaderNow sends a header whose WriteHeader a framework's writer (such
-// as gin's) only recorded; the websocket library calls it before hijacking.
-func (w *corkingWriter) WriteHeaderNow() {
-	if g, ok := w.ResponseWriter.(interface{ WriteHeaderNow() }); ok {
-		g.WriteHeaderNow()
-	}
-}
-
-// canHijack reports whether w, or a writer it wraps and exposes with Unwrap,
-// can hand over its connection.
-func canHijack(w http.ResponseWriter) bool {
-	for {
-		switch t := w.(type) {
-		case http.Hijacker:
-			return true
-		case interface{ Unwrap() http.ResponseWriter }:
-			w = t.Unwrap()
-		default:
-			return false
-		}
-	}
 }

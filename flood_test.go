@@ -82,9 +82,9 @@ func TestFloodingClientIsBackPressured(t *testing.T) {
 		t.Cleanup(func() { _ = m.conn.CloseNow(); <-done })
 	}
 	require.Eventually(t, func() bool {
-		n.hub.mu.RLock()
-		defer n.hub.mu.RUnlock()
-		return len(n.hub.topics["room"]) == members
+		in := 0
+		n.hub.reg.eachInTopic("room", func(*Session) { in++ })
+		return in == members
 	}, waitFor, time.Millisecond)
 	c.waitJoined("member0", "room", true)
 	good := make([]*client, behaved)

@@ -32,7 +32,7 @@ func FuzzReceive(f *testing.F) {
 	if err := h.register(bg, s); err != nil {
 		f.Fatal(err)
 	}
-	f.Cleanup(func() { h.unregister(s) })
+	f.Cleanup(func() { h.reg.remove(s) })
 
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		h.receive(backplane.Message{Channel: "u:u", Payload: payload})

@@ -64,7 +64,12 @@ type clusterMaker func(t *testing.T, n int, tweak func(i int, o *Options)) *clus
 // newCluster starts n hubs on one memory bus.
 func newCluster(t *testing.T, n int, tweak func(i int, o *Options)) *cluster {
 	t.Helper()
-	bus := memory.NewBus()
+	return newClusterOnBus(t, memory.NewBus(), n, tweak)
+}
+
+// newClusterOnBus starts n hubs on bus.
+func newClusterOnBus(t *testing.T, bus *memory.Bus, n int, tweak func(i int, o *Options)) *cluster {
+	t.Helper()
 	c := newClusterOn(t, n, tweak, func(t *testing.T, name string) (backplane.Backplane, func() uint64) {
 		bp, err := bus.NewNode(name)
 		require.NoError(t, err)
@@ -192,13 +197,7 @@ func (c *client) closed() StatusCode {
 
 // sessions returns the hub's local sessions of user.
 func (n *node) sessions(user string) []*Session {
-	n.hub.mu.RLock()
-	defer n.hub.mu.RUnlock()
-	var l []*Session
-	for s := range n.hub.users[user] {
-		l = append(l, s)
-	}
-	return l
+	return n.hub.reg.userSessions(user)
 }
 
 // subscribed reports whether the backplane confirmed this node's interest in
@@ -275,4 +274,24 @@ func newServer(t *testing.T, h *Hub) *httptest.Server {
 // wsURL is the WebSocket URL of srv.
 func wsURL(srv *httptest.Server) string {
 	return "ws" + strings.TrimPrefix(srv.URL, "http")
+}
+
+// newLogCluster starts n hubs on one memory bus that keeps a log of every
+// channel, of up to messages messages (and no age bound), so that clients
+// can resume. tweak may adjust each node's options.
+func newLogCluster(t *testing.T, n, messages int, tweak func(i int, o *Options)) *cluster {
+	t.Helper()
+	bus := memory.NewBus()
+	require.NoError(t, bus.SetLogLimit(messages, 0))
+	return newClusterOnBus(t, bus, n, tweak)
+}
+
+// logNodes is newLogCluster for the resume tests, the memory counterpart
+// of streamsNodes: every session joins topic "room" in OnConnect.
+func logNodes(t *testing.T, n, messages int) *cluster {
+	t.Helper()
+	return newLogCluster(t, n, messages, func(i int, o *Options) {
+		o.SendQueueLen = 4096
+		o.OnConnect = func(ctx context.Context, s *Session) error { return s.Join(ctx, "room") }
+	})
 }

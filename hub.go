@@ -2,21 +2,13 @@ package wshub
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/url"
-	"path"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"unicode/utf8"
-
-	"github.com/coder/websocket"
 
 	"github.com/wshub/wshub/backplane"
 	"github.com/wshub/wshub/backplane/memory"
@@ -33,6 +25,11 @@ const (
 // Hub accepts WebSocket connections as an http.Handler and delivers messages
 // to users, topics and sessions anywhere in the cluster. All methods are safe
 // for concurrent use.
+//
+// A hub that never serves a connection is a sender: a worker or an HTTP
+// handler that only calls Send, Broadcast, SendSession, Join or Disconnect.
+// It subscribes nothing on the backplane (its inbox is subscribed with its
+// first session) and needs no NodeID of its own: the default is random.
 type Hub struct {
 	opts     Options
 	log      *slog.Logger
@@ -41,19 +38,21 @@ type Hub struct {
 	ownBP    bool
 	inbox    string
 	interest *interest
+	reg      *registry // the sessions of this node, by ID, user and topic
 	gates    joinGates
+	// inboxOnce subscribes the node's inbox with its first session: a hub
+	// that never serves (a worker that only sends) subscribes nothing.
+	inboxOnce   sync.Once
+	inboxWanted atomic.Bool
 
 	// ctx is the hub's lifetime; every session's context derives from it.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.RWMutex
-	closed   bool
-	sessions map[string]*Session
-	users    map[string]map[*Session]struct{}
-	topics   map[string]map[*Session]struct{}
-
-	flushes   map[string]chan struct{} // tokens of flush markers in flight, under mu
+	// mu guards the hub's lifecycle: closed, and flushes.
+	mu        sync.RWMutex
+	closed    bool
+	flushes   map[string]chan struct{} // tokens of flush markers in flight
 	conns     sync.WaitGroup           // ServeHTTP calls that own a session
 	closeOnce sync.Once
 	closeErr  error
@@ -89,14 +88,11 @@ func New(opts *Options) (*Hub, error) {
 		return nil, err
 	}
 	h := &Hub{
-		opts:     o,
-		log:      o.Logger.With("node", o.NodeID),
-		bp:       o.Backplane,
-		inbox:    nodePrefix + o.NodeID,
-		sessions: make(map[string]*Session),
-		users:    make(map[string]map[*Session]struct{}),
-		topics:   make(map[string]map[*Session]struct{}),
-		flushes:  make(map[string]chan struct{}),
+		opts:    o,
+		log:     o.Logger.With("node", o.NodeID),
+		bp:      o.Backplane,
+		inbox:   nodePrefix + o.NodeID,
+		flushes: make(map[string]chan struct{}),
 	}
 	if h.bp == nil {
 		node, err := memory.NewBus().NewNode(o.NodeID)
@@ -118,7 +114,7 @@ func New(opts *Options) (*Hub, error) {
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	h.gates.h = h
 	h.interest = newInterest(h.bp, h.log, o.SubscribeTimeout)
-	h.interest.acquire(h.inbox)
+	h.reg = newRegistry(h.interest)
 	return h, nil
 }
 
@@ -127,9 +123,7 @@ func (h *Hub) NodeID() string { return h.opts.NodeID }
 
 // Stats returns the hub's counters.
 func (h *Hub) Stats() Stats {
-	h.mu.RLock()
-	n := len(h.sessions)
-	h.mu.RUnlock()
+	n := h.reg.len()
 	return Stats{
 		Sessions:       n,
 		Accepted:       h.stats.accepted.Load(),
@@ -142,295 +136,6 @@ func (h *Hub) Stats() Stats {
 		BackplaneDowns: h.stats.backplaneDown.Load(),
 		BackplaneGaps:  h.stats.backplaneGaps.Load(),
 	}
-}
-
-// ServeHTTP authenticates the request, upgrades it to a WebSocket and serves
-// the session until it ends. Before any upgrade it answers 401 when
-// Options.Authenticate fails, 403 for a refused origin, 400 for resume
-// parameters it cannot use (see SinceParam, ClientParam), 503 once the hub is
-// closing or when the backplane cannot confirm the user's subscription in
-// time, 500 when Authenticate returns an over-long user ID or OnConnect
-// panics, 501 when the ResponseWriter cannot hijack the connection, and what
-// the websocket library answers to a request that is not a valid handshake
-// (400, 405, 426).
-func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		http.Error(w, "wshub: shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	h.conns.Add(1)
-	h.mu.Unlock()
-	defer h.conns.Done()
-
-	var userID string
-	if h.opts.Authenticate != nil {
-		var err error
-		userID, err = h.opts.Authenticate(r)
-		if err != nil {
-			h.log.Debug("wshub: authentication failed", "remote", r.RemoteAddr, "err", err)
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
-			return
-		}
-		if len(userID) > MaxNameLength {
-			h.log.Error("wshub: Authenticate returned an over-long user id", "len", len(userID))
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		}
-	}
-	if !isUpgrade(r) {
-		// Let the websocket library answer with the right status and headers.
-		_, _ = websocket.Accept(w, r, nil)
-		return
-	}
-	if err := h.checkOrigin(r); err != nil {
-		h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "err", err)
-		http.Error(w, err.Error(), http.StatusForbidden)
-		return
-	}
-
-	if !canHijack(w) {
-		h.log.Error("wshub: the http.ResponseWriter cannot hijack the connection (HTTP/2, or middleware hiding http.Hijacker)")
-		http.Error(w, http.StatusText(http.StatusNotImplemented), http.StatusNotImplemented)
-		return
-	}
-
-	rp, err := parseResume(r)
-	if err != nil {
-		h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "err", err)
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	since := rp.since
-	s := h.newSession(r, userID)
-	s.packed = r.URL.Query().Get(BatchParam) != ""
-	s.positions, s.clientKey = rp.positions, rp.client
-	if since != nil {
-		s.startResume(since)
-	}
-	if err := h.register(r.Context(), s); err != nil {
-		s.cancel()
-		s.stopHubLink()
-		h.log.Warn("wshub: cannot register session", "err", err)
-		http.Error(w, "wshub: backplane unavailable", http.StatusServiceUnavailable)
-		return
-	}
-	// OnConnect runs before the handshake completes, so that what it sets
-	// up (topics joined, messages queued) is in place once the client sees
-	// the connection open.
-	if h.opts.OnConnect != nil {
-		if ok, err := s.onConnect(); !ok {
-			s.abandon()
-			if h.opts.OnDisconnect != nil {
-				s.onDisconnect(ErrHookPanic)
-			}
-			http.Error(w, "internal error", http.StatusInternalServerError)
-			return
-		} else if err != nil {
-			_ = s.Close(StatusPolicyViolation, closeReason(err.Error()))
-		}
-	}
-	cw := &corkingWriter{ResponseWriter: w}
-	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{OriginPatterns: h.opts.AllowedOrigins})
-	if err != nil {
-		h.log.Warn("wshub: upgrade failed", "remote", r.RemoteAddr, "err", err)
-		s.abandon()
-		if h.opts.OnConnect != nil && h.opts.OnDisconnect != nil {
-			s.onDisconnect(err)
-		}
-		return
-	}
-	h.stats.accepted.Add(1)
-	if since != nil {
-		s.wg.Add(1)
-		go s.resume(h.replay)
-	}
-	s.serve(conn, cw.conn)
-}
-
-// checkOrigin refuses a cross-origin upgrade unless Options.AllowedOrigins
-// allows it, with the rules the websocket library applies during Accept; it
-// runs first so that a refused request costs no subscription and no hook.
-func (h *Hub) checkOrigin(r *http.Request) error {
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return nil // not a browser
-	}
-	u, err := url.Parse(origin)
-	if err != nil {
-		return fmt.Errorf("wshub: bad Origin header %q", origin)
-	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return nil
-	}
-	for _, pattern := range h.opts.AllowedOrigins {
-		target := u.Host
-		if strings.Contains(pattern, "://") {
-			target = u.Scheme + "://" + u.Host
-		}
-		if ok, _ := path.Match(strings.ToLower(pattern), strings.ToLower(target)); ok {
-			return nil
-		}
-	}
-	return fmt.Errorf("wshub: origin %q is not allowed", origin)
-}
-
-// closeReason cuts s to the 123 bytes a close frame can carry, on a rune
-// boundary.
-func closeReason(s string) string {
-	for len(s) > 123 || !utf8.ValidString(s) {
-		s = s[:len(s)-1]
-	}
-	return s
-}
-
-// isUpgrade reports whether r is a WebSocket handshake the websocket library
-// will take (RFC 6455, section 4.2.1); others are left to it to refuse with
-// the right status, before any subscription or hook.
-func isUpgrade(r *http.Request) bool {
-	if r.Method != http.MethodGet || !r.ProtoAtLeast(1, 1) ||
-		!headerHasToken(r.Header, "Connection", "upgrade") ||
-		!headerHasToken(r.Header, "Upgrade", "websocket") ||
-		r.Header.Get("Sec-WebSocket-Version") != "13" {
-		return false
-	}
-	key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-WebSocket-Key"))
-	return err == nil && len(key) == 16
-}
-
-// headerHasToken reports whether a comma-separated header holds token, in
-// any case.
-func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for _, p := range strings.Split(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(p), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// register adds s to the indexes and waits until the backplane delivers the
-// user's channel and this node's inbox, so that a Send made once the client's
-// handshake completes reaches it.
-func (h *Hub) register(ctx context.Context, s *Session) error {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		return ErrClosed
-	}
-	h.sessions[s.id] = s
-	var userReady *flush
-	if s.userID != "" {
-		set := h.users[s.userID]
-		if set == nil {
-			set = make(map[*Session]struct{})
-			h.users[s.userID] = set
-		}
-		set[s] = struct{}{}
-		userReady = h.interest.acquire(userPrefix + s.userID)
-	}
-	h.mu.Unlock()
-
-	ctx, cancel := context.WithTimeout(ctx, h.opts.SubscribeTimeout)
-	defer cancel()
-	stop := context.AfterFunc(h.ctx, cancel) // a forced Close ends the wait
-	defer stop()
-	err := userReady.wait(ctx)
-	if err == nil {
-		err = h.interest.ready(h.inbox).wait(ctx)
-	}
-	if err != nil {
-		h.unregister(s)
-		return fmt.Errorf("wshub: subscribe: %w", err)
-	}
-	return nil
-}
-
-// unregister removes s from every index and releases its channels. It is
-// safe to call more than once.
-func (h *Hub) unregister(s *Session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.sessions[s.id] != s {
-		return
-	}
-	delete(h.sessions, s.id)
-	if s.userID != "" {
-		set := h.users[s.userID]
-		delete(set, s)
-		if len(set) == 0 {
-			delete(h.users, s.userID)
-		}
-		h.interest.release(userPrefix + s.userID)
-	}
-	for topic := range s.topics {
-		h.leaveLocked(s, topic)
-	}
-}
-
-// joinLocked adds s to topic and returns the flush to wait for, if any.
-func (h *Hub) joinLocked(s *Session, topic string) *flush {
-	if _, ok := s.topics[topic]; ok {
-		return h.interest.ready(topicPrefix + topic)
-	}
-	if s.topics == nil {
-		s.topics = make(map[string]struct{})
-	}
-	s.topics[topic] = struct{}{}
-	set := h.topics[topic]
-	if set == nil {
-		set = make(map[*Session]struct{})
-		h.topics[topic] = set
-	}
-	set[s] = struct{}{}
-	return h.interest.acquire(topicPrefix + topic)
-}
-
-func (h *Hub) leaveLocked(s *Session, topic string) {
-	if _, ok := s.topics[topic]; !ok {
-		return
-	}
-	delete(s.topics, topic)
-	set := h.topics[topic]
-	delete(set, s)
-	if len(set) == 0 {
-		delete(h.topics, topic)
-	}
-	h.interest.release(topicPrefix + topic)
-}
-
-// newSessionID returns a cluster-unique ID that names this node.
-func (h *Hub) newSessionID() string {
-	return h.opts.NodeID + "." + strconv.FormatUint(h.seq.Add(1), 36) + randomSuffix()
-}
-
-// nodeOf returns the node ID inside a session ID.
-func nodeOf(sessionID string) (string, bool) {
-	i := strings.LastIndexByte(sessionID, '.')
-	if i <= 0 || i == len(sessionID)-1 {
-		return "", false
-	}
-	return sessionID[:i], true
-}
-
-func checkName(name string, sentinel error) error {
-	if name == "" {
-		return fmt.Errorf("%w: empty", sentinel)
-	}
-	if len(name) > MaxNameLength {
-		return fmt.Errorf("%w: %d bytes, limit %d", sentinel, len(name), MaxNameLength)
-	}
-	return nil
-}
-
-func flags(m Message) byte {
-	if m.Type == MessageBinary {
-		return envelope.FlagBinary
-	}
-	return 0
 }
 
 // publish encodes e once and hands it to the backplane.
@@ -457,7 +162,7 @@ func (h *Hub) Send(ctx context.Context, userID string, msg Message) error {
 	if err := checkName(userID, ErrInvalidUserID); err != nil {
 		return err
 	}
-	if err := h.checkMessage(msg); err != nil {
+	if err := msg.check(h.opts.MaxMessageSize); err != nil {
 		return err
 	}
 	return h.publish(ctx, userPrefix+userID, &envelope.Envelope{
@@ -486,7 +191,7 @@ func (h *Hub) Broadcast(ctx context.Context, topic string, msg Message, opts ...
 	if err := checkName(topic, ErrInvalidTopic); err != nil {
 		return err
 	}
-	if err := h.checkMessage(msg); err != nil {
+	if err := msg.check(h.opts.MaxMessageSize); err != nil {
 		return err
 	}
 	var bo broadcastOptions
@@ -497,11 +202,9 @@ func (h *Hub) Broadcast(ctx context.Context, topic string, msg Message, opts ...
 	if bo.except != "" {
 		// The client behind a local session is left out of the
 		// broadcast when it resumes on a new session, too.
-		h.mu.RLock()
-		if s := h.sessions[bo.except]; s != nil {
-			client = s.clientKey
+		if s := h.reg.session(bo.except); s != nil {
+			client = s.framing.client
 		}
-		h.mu.RUnlock()
 	}
 	return h.publish(ctx, topicPrefix+topic, &envelope.Envelope{
 		Op: envelope.OpTopic, Flags: flags(msg), Target: topic, Arg: bo.except, Client: client, Payload: msg.Data,
@@ -516,7 +219,7 @@ func (h *Hub) SendSession(ctx context.Context, sessionID string, msg Message) er
 	if !ok || len(sessionID) > 2*MaxNameLength {
 		return fmt.Errorf("%w: %q", ErrInvalidSessionID, sessionID)
 	}
-	if err := h.checkMessage(msg); err != nil {
+	if err := msg.check(h.opts.MaxMessageSize); err != nil {
 		return err
 	}
 	return h.publish(ctx, nodePrefix+node, &envelope.Envelope{
@@ -565,110 +268,6 @@ func (h *Hub) Disconnect(ctx context.Context, userID string, code StatusCode, re
 	})
 }
 
-// receive is the backplane handler: it decodes an envelope and hands it to
-// the local sessions it names. It never blocks on a socket. What arrives on
-// a user's channel while a Join of that user waits for its topic's
-// subscription is held back in order (see joinGates).
-func (h *Hub) receive(m backplane.Message) {
-	if h.gates.hold(m) {
-		return
-	}
-	if f := h.handle(m); f != nil {
-		h.gates.open(m.Channel, f)
-	}
-}
-
-// handle applies one message from the backplane. For a Join that a local
-// session took part in, it returns the flush that confirms the topic's
-// subscription, which later messages on channel must wait for.
-func (h *Hub) handle(m backplane.Message) *flush {
-	channel, off := m.Channel, m.Offset
-	e, err := envelope.Decode(m.Payload)
-	if err == nil && (len(e.Payload) > h.opts.MaxMessageSize || len(e.Target) > 2*MaxNameLength) {
-		err = fmt.Errorf("payload of %d bytes or target of %d: over the hub's limits", len(e.Payload), len(e.Target))
-	}
-	if err != nil {
-		h.stats.malformed.Add(1)
-		h.log.Debug("wshub: dropped malformed backplane message", "channel", channel, "err", err)
-		return nil
-	}
-	d := delivery{msg: outMsg{typ: websocket.MessageText, data: e.Payload}, channel: channel, off: off}
-	if e.Flags&envelope.FlagBinary != 0 {
-		d.msg.typ = websocket.MessageBinary
-	}
-	switch e.Op {
-	case envelope.OpUser:
-		h.mu.RLock()
-		h.fanOut(h.users[e.Target], &d, "")
-		h.mu.RUnlock()
-	case envelope.OpTopic:
-		h.mu.RLock()
-		h.fanOut(h.topics[e.Target], &d, e.Arg)
-		h.mu.RUnlock()
-	case envelope.OpSession:
-		h.mu.RLock()
-		s := h.sessions[e.Target]
-		h.mu.RUnlock()
-		d.off = ""
-		if s != nil && s.deliver(&d) {
-			h.stats.delivered.Add(1)
-		}
-	case envelope.OpJoin, envelope.OpLeave:
-		if checkName(e.Arg, ErrInvalidTopic) != nil {
-			h.stats.malformed.Add(1)
-			return nil
-		}
-		var f *flush
-		h.mu.Lock()
-		for s := range h.users[e.Target] {
-			if e.Op == envelope.OpJoin {
-				if g := h.joinLocked(s, e.Arg); g != nil {
-					f = g
-				}
-			} else {
-				h.leaveLocked(s, e.Arg)
-			}
-		}
-		h.mu.Unlock()
-		return f
-	case envelope.OpFlush:
-		h.mu.Lock()
-		if ch, ok := h.flushes[e.Target]; ok {
-			close(ch)
-			delete(h.flushes, e.Target)
-		}
-		h.mu.Unlock()
-	case envelope.OpDisconnect:
-		code := StatusCode(e.Code)
-		if e.Code > 4999 || !validStatus(code, e.Arg) {
-			h.stats.malformed.Add(1)
-			return nil
-		}
-		h.mu.RLock()
-		list := make([]*Session, 0, len(h.users[e.Target]))
-		for s := range h.users[e.Target] {
-			list = append(list, s)
-		}
-		h.mu.RUnlock()
-		for _, s := range list {
-			_ = s.Close(code, e.Arg)
-		}
-	}
-	return nil
-}
-
-// fanOut queues d to every session in set but the one with ID except. The
-// caller holds h.mu for reading.
-func (h *Hub) fanOut(set map[*Session]struct{}, d *delivery, except string) {
-	var n uint64
-	for s := range set {
-		if s.id != except && s.deliver(d) {
-			n++
-		}
-	}
-	h.stats.delivered.Add(n)
-}
-
 // flushInbox publishes a marker to this node's own inbox and waits for it, or
 // for ctx or WriteTimeout, so that what this node published before Close and
 // the backplane still holds reaches local sessions before they close. It is
@@ -687,7 +286,7 @@ func (h *Hub) flushInbox(ctx context.Context) {
 	}()
 	ctx, cancel := context.WithTimeout(ctx, h.opts.WriteTimeout)
 	defer cancel()
-	if h.interest.ready(h.inbox).wait(ctx) != nil {
+	if !h.inboxWanted.Load() || h.interest.ready(h.inbox).wait(ctx) != nil {
 		return
 	}
 	if c, ok := h.bp.(backplane.Checker); ok && c.Health() != nil {
@@ -750,6 +349,13 @@ func (h *Hub) Health() error {
 // ctx has already ended. Calling Close again returns the
 // first call's result.
 //
+// What this node published just before Close and the backplane still
+// carries reaches its local sessions before they close: Close sends a marker
+// through the node's own inbox and waits for it (within WriteTimeout). That
+// is exact on the memory backplane and on one Redis in either mode, which
+// deliver a node's channels in one order, and best effort on a Redis
+// Cluster, whose shards do not.
+//
 // http.Server.Shutdown does not wait for hijacked connections such as
 // WebSockets: call Hub.Close first, then Shutdown, then close a backplane you
 // opened. Close waits for every session, so it must not be called from a
@@ -765,13 +371,7 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	h.closed = true
 	h.mu.Unlock()
 	h.flushInbox(ctx)
-	h.mu.Lock()
-	list := make([]*Session, 0, len(h.sessions))
-	for _, s := range h.sessions {
-		list = append(list, s)
-	}
-	h.mu.Unlock()
-	for _, s := range list {
+	for _, s := range h.reg.close() {
 		_ = s.Close(StatusGoingAway, "server shutting down")
 	}
 

@@ -10,8 +10,9 @@ import (
 )
 
 // interest keeps the backplane's subscriptions equal to what this node holds.
-// Callers count references per channel; one goroutine turns the changes into
-// batched Subscribe and Unsubscribe calls. Releasing never blocks; acquiring
+// The registry tells it when a channel gains its first holder and loses its
+// last (it implements transitions); one goroutine turns the changes into
+// batched Subscribe and Unsubscribe calls. Dropping never blocks; wanting
 // returns a flush to wait on when the channel is not yet subscribed.
 type interest struct {
 	bp      backplane.Backplane
@@ -33,7 +34,7 @@ type interest struct {
 }
 
 type chanState struct {
-	refs       int
+	wanted     bool // the node holds the channel
 	subscribed bool // as of the last completed backplane call
 	dirty      bool // in interest.dirty, waiting for a batch
 	inflight   bool // in the batch being applied now
@@ -64,9 +65,9 @@ func newInterest(bp backplane.Backplane, log *slog.Logger, timeout time.Duration
 	return im
 }
 
-// acquire adds a reference to channel. It returns nil when the channel is
-// already subscribed, or the flush that will subscribe it.
-func (im *interest) acquire(channel string) *flush {
+// first marks channel wanted. It returns nil when the channel is already
+// subscribed, or the flush that will subscribe it.
+func (im *interest) first(channel string) *flush {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	st := im.chans[channel]
@@ -74,9 +75,12 @@ func (im *interest) acquire(channel string) *flush {
 		st = &chanState{}
 		im.chans[channel] = st
 	}
-	st.refs++
+	st.wanted = true
 	return im.readyLocked(channel, st)
 }
+
+// pending is ready, for the registry.
+func (im *interest) pending(channel string) *flush { return im.ready(channel) }
 
 // ready returns nil when channel is subscribed, or the flush to wait for.
 func (im *interest) ready(channel string) *flush {
@@ -101,18 +105,16 @@ func (im *interest) readyLocked(channel string, st *chanState) *flush {
 	return im.next
 }
 
-// release drops a reference to channel; the last one unsubscribes it.
-func (im *interest) release(channel string) {
+// last marks channel no longer wanted, which unsubscribes it.
+func (im *interest) last(channel string) {
 	im.mu.Lock()
 	defer im.mu.Unlock()
 	st := im.chans[channel]
-	if st == nil || st.refs == 0 {
+	if st == nil || !st.wanted {
 		return
 	}
-	st.refs--
-	if st.refs == 0 {
-		im.markLocked(channel, st)
-	}
+	st.wanted = false
+	im.markLocked(channel, st)
 }
 
 func (im *interest) markLocked(channel string, st *chanState) {
@@ -170,7 +172,7 @@ func (im *interest) apply() (failed bool) {
 	for ch := range im.dirty {
 		st := im.chans[ch]
 		st.dirty = false
-		want := st.refs > 0
+		want := st.wanted
 		switch {
 		case want && !st.subscribed:
 			st.inflight = true
@@ -208,10 +210,10 @@ func (im *interest) apply() (failed bool) {
 			st.inflight = false
 			if err == nil {
 				st.subscribed = subscribed
-			} else if (st.refs > 0) != st.subscribed {
+			} else if st.wanted != st.subscribed {
 				im.markQuietLocked(ch, st)
 			}
-			if st.refs == 0 && !st.subscribed && !st.dirty {
+			if !st.wanted && !st.subscribed && !st.dirty {
 				delete(im.chans, ch)
 			}
 		}

@@ -107,11 +107,11 @@ func TestInterestBatchesWhileABatchIsInFlight(t *testing.T) {
 	im := newInterest(bp, quiet, waitFor)
 	defer im.close()
 
-	first := im.acquire("a")
+	first := im.first("a")
 	<-holding // the batch with "a" is now being applied
 	var waits []*flush
 	for i := 0; i < 50; i++ {
-		waits = append(waits, im.acquire(fmt.Sprint("c", i)))
+		waits = append(waits, im.first(fmt.Sprint("c", i)))
 	}
 	close(hold)
 	require.NoError(t, first.wait(bg))
@@ -125,27 +125,25 @@ func TestInterestBatchesWhileABatchIsInFlight(t *testing.T) {
 	assert.Len(t, bp.calls[1], 50)
 }
 
-func TestInterestRefCounts(t *testing.T) {
+func TestInterestFirstAndLast(t *testing.T) {
 	bp := newRecordingBP()
 	im := newInterest(bp, quiet, waitFor)
 	defer im.close()
 
-	require.NoError(t, im.acquire("x").wait(bg))
-	assert.Nil(t, im.acquire("x"), "a second reference to a subscribed channel needs no wait")
-	im.release("x")
-	require.Nil(t, im.ready("x"))
-	assert.True(t, bp.has("x"), "still referenced once")
-	im.release("x")
+	require.NoError(t, im.first("x").wait(bg))
+	require.Nil(t, im.pending("x"), "a subscribed channel needs no wait")
+	assert.True(t, bp.has("x"))
+	im.last("x")
 	require.Eventually(t, func() bool { return !bp.has("x") }, waitFor, 1e6)
 
-	// Release and acquire again in quick succession: it ends subscribed.
-	require.NoError(t, im.acquire("y").wait(bg))
+	// Dropped and wanted again in quick succession: it ends subscribed.
+	require.NoError(t, im.first("y").wait(bg))
 	for i := 0; i < 100; i++ {
-		im.release("y")
-		require.NoError(t, im.acquire("y").wait(bg))
+		im.last("y")
+		require.NoError(t, im.first("y").wait(bg))
 	}
 	assert.True(t, bp.has("y"))
-	im.release("nobody") // not an error, not a negative count
+	im.last("nobody") // not an error
 	assert.ElementsMatch(t, []string{"y"}, im.subscribed())
 }
 
@@ -155,7 +153,7 @@ func TestInterestFailureIsReportedAndRetried(t *testing.T) {
 	im := newInterest(bp, quiet, waitFor)
 	defer im.close()
 
-	err := im.acquire("z").wait(bg)
+	err := im.first("z").wait(bg)
 	require.ErrorIs(t, err, backplane.ErrUnavailable)
 	assert.False(t, bp.has("z"))
 

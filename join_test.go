@@ -29,7 +29,7 @@ func TestJoinIsInEffectBeforeWhatFollowsIt(t *testing.T) {
 			})
 		},
 		"redis streams": func(t *testing.T, n int, tweak func(int, *Options)) *cluster {
-			return newRedisClusterMode(t, n, tweak, wsredis.ModeStreams, func() goredis.UniversalClient {
+			return newRedisClusterMode(t, n, tweak, redisStreams(wsredis.StreamsOptions{}), func() goredis.UniversalClient {
 				return goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
 			})
 		},

@@ -3,6 +3,8 @@ package wshub
 import (
 	"fmt"
 	"unicode/utf8"
+
+	"github.com/wshub/wshub/internal/envelope"
 )
 
 // MessageType is the kind of a WebSocket data message.
@@ -39,11 +41,17 @@ type Message struct {
 // Text returns a text message holding s.
 func Text(s string) Message { return Message{Type: MessageText, Data: []byte(s)} }
 
+// TextBytes returns a text message holding b, which must be UTF-8. The hub
+// keeps b: do not modify it after sending.
+func TextBytes(b []byte) Message { return Message{Type: MessageText, Data: b} }
+
 // Binary returns a binary message holding b. The hub keeps b: do not modify it
 // after sending.
 func Binary(b []byte) Message { return Message{Type: MessageBinary, Data: b} }
 
-func (h *Hub) checkMessage(m Message) error {
+// check validates m for sending: a known type, valid UTF-8 text, and at
+// most maxSize bytes.
+func (m Message) check(maxSize int) error {
 	switch m.Type {
 	case MessageText:
 		if !utf8.Valid(m.Data) {
@@ -53,8 +61,15 @@ func (h *Hub) checkMessage(m Message) error {
 	default:
 		return fmt.Errorf("%w: type %d", ErrInvalidMessage, int(m.Type))
 	}
-	if len(m.Data) > h.opts.MaxMessageSize {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, len(m.Data), h.opts.MaxMessageSize)
+	if len(m.Data) > maxSize {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, len(m.Data), maxSize)
 	}
 	return nil
+}
+
+func flags(m Message) byte {
+	if m.Type == MessageBinary {
+		return envelope.FlagBinary
+	}
+	return 0
 }

@@ -112,6 +112,11 @@ type Options struct {
 	SendQueueBytes int
 
 	// SlowPolicy applies when a session's queue is full. Default: SlowClose.
+	// A client that stops reading fills its socket first, then its queue:
+	// under SlowClose the hub then closes it with 1013, a close frame such
+	// a client never reads, and the connection is cut once WriteTimeout
+	// passes without progress, so the client sees it end abnormally (1006);
+	// under SlowDropOldest only the WriteTimeout cut ends it.
 	// Under SlowDropOldest a client that reads R bytes a second receives
 	// what is left of the queue up to about SendQueueBytes/R seconds late.
 	SlowPolicy SlowPolicy

@@ -51,19 +51,21 @@ func TestPositionsFramingIsSharedByRecipients(t *testing.T) {
 	set := make(map[*Session]struct{})
 	for i := 0; i < 3; i++ {
 		s := h.newSession(httptest.NewRequest("GET", "/ws", nil), "u")
-		s.positions = true
+		s.framing.positions = true
 		set[s] = struct{}{}
 		t.Cleanup(func() { s.cancel(); s.stopHubLink() })
 	}
 	d := delivery{msg: outMsg{typ: 1, data: []byte(strings.Repeat("p", 100))}, channel: "t:room", off: "e:1"}
-	h.mu.RLock()
-	h.fanOut(set, &d, "")
-	h.mu.RUnlock()
+	h.fanOut(func(_ string, fn func(*Session)) {
+		for s := range set {
+			fn(s)
+		}
+	}, "room", &d, "")
 	var first []byte
 	for s := range set {
 		s.mu.Lock()
-		require.Len(t, s.queue, 1)
-		data := s.queue[0].data
+		require.Len(t, s.q.msgs, 1)
+		data := s.q.msgs[0].data
 		s.mu.Unlock()
 		assert.Equal(t, "e:1 t:room\n"+strings.Repeat("p", 100), string(data))
 		if first == nil {

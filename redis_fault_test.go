@@ -43,23 +43,22 @@ func (l *eventLog) has(kind backplane.EventKind, gap bool) bool {
 	return false
 }
 
-// redisNodes starts n hubs whose backplanes reach Redis at addrs[i].
-func redisNodes(t *testing.T, addrs []string, tweak func(i int, o *Options), bo *wsredis.Options) *cluster {
+// redisNodes starts n hubs whose backplanes, made by mk (nil for PubSub
+// with defaults), reach Redis at addrs[i].
+func redisNodes(t *testing.T, addrs []string, tweak func(i int, o *Options), mk redisBackplane) *cluster {
 	t.Helper()
 	prefix := "fault-" + randomHex() + ":"
+	if mk == nil {
+		mk = redisPubSub(wsredis.Options{})
+	}
 	i := 0
 	return newClusterOn(t, len(addrs), tweak, func(t *testing.T, name string) (backplane.Backplane, func() uint64) {
 		client := goredis.NewClient(&goredis.Options{Addr: addrs[i], MaxRetries: -1})
 		i++
 		t.Cleanup(func() { _ = client.Close() })
-		o := wsredis.Options{Prefix: prefix, Logger: quiet}
-		if bo != nil {
-			o = *bo
-			o.Prefix, o.Logger = prefix, quiet
-		}
-		bp, err := wsredis.New(client, &o)
+		bp, received, err := mk(client, prefix)
 		require.NoError(t, err)
-		return bp, func() uint64 { return bp.Stats().Received }
+		return bp, received
 	})
 }
 
@@ -108,7 +107,7 @@ func TestRedisRestartResumesDeliveryAndReportsTheGap(t *testing.T) {
 		if i == 1 {
 			o.OnBackplaneEvent = events.hook
 		}
-	}, &wsredis.Options{ProbeInterval: 100 * time.Millisecond})
+	}, redisPubSub(wsredis.Options{ProbeInterval: 100 * time.Millisecond}))
 	a, b := c.nodes[0], c.nodes[1]
 	cl := dial(t, b, "u")
 
@@ -162,7 +161,7 @@ func TestSilentLinkIsFoundByTheProbeAndRebuilt(t *testing.T) {
 		if i == 1 {
 			o.OnBackplaneEvent = events.hook
 		}
-	}, &wsredis.Options{ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 200 * time.Millisecond})
+	}, redisPubSub(wsredis.Options{ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 200 * time.Millisecond}))
 	a, b := c.nodes[0], c.nodes[1]
 	cl := dial(t, b, "u")
 	require.NoError(t, a.hub.Send(bg, "u", Text("before")))

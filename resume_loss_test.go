@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -32,7 +31,7 @@ import (
 // messages, with those messages.
 func awayAndBack(t *testing.T, srv *redistest.Server, age time.Duration, lose func(head string)) (status string, got []string) {
 	t.Helper()
-	c := streamsNodes(t, srv, 2, wsredis.Options{})
+	c := streamsNodes(t, srv, 2, wsredis.StreamsOptions{})
 	a, b := c.nodes[0], c.nodes[1]
 	first := dialResume(t, a, "alice")
 	require.NoError(t, b.hub.Send(bg, "alice", Text("seen")))
@@ -120,15 +119,15 @@ func TestResumeAfterARestartWithPersistenceRecoversAll(t *testing.T) {
 // A head from the future (an offset beyond the log's end, in the log's own
 // epoch) is not recovered, and does not silence what comes next.
 func TestResumeFromTheFutureIsNotRecoveredAndSilencesNothing(t *testing.T) {
-	srv := redistest.Start(t)
-	c := streamsNodes(t, srv, 2, wsredis.Options{})
+	c := logNodes(t, 2, 1000)
 	a, b := c.nodes[0], c.nodes[1]
 	first := dialResume(t, a, "alice")
 	require.NoError(t, b.hub.Send(bg, "alice", Text("seen")))
 	head, _ := first.nextFramed()
 	off, ch, _ := strings.Cut(head, " ")
 	epoch, _ := backplane.SplitOffset(off)
-	future := fmt.Sprintf("%s:%016x-%016x %s", epoch, time.Now().Add(time.Hour).UnixMilli(), 0, ch)
+	// A position in the memory backplane's form, far after the log's end.
+	future := fmt.Sprintf("%s:%016x %s", epoch, uint64(1)<<40, ch)
 
 	again := dialResume(t, b, "alice", future)
 	h, _ := again.nextFramed()
@@ -140,17 +139,41 @@ func TestResumeFromTheFutureIsNotRecoveredAndSilencesNothing(t *testing.T) {
 	}
 }
 
+// On the memory backplane, a log dropped by the bus's fault method is lost
+// as a Redis log is: the client is told "!not-recovered", and what comes
+// next, in the log's new epoch, still arrives.
+func TestResumeAfterTheMemoryLogWasDroppedIsNotRecovered(t *testing.T) {
+	c := logNodes(t, 2, 1000)
+	a, b := c.nodes[0], c.nodes[1]
+	first := dialResume(t, a, "alice")
+	require.NoError(t, b.hub.Send(bg, "alice", Text("seen")))
+	head, _ := first.nextFramed()
+	require.NoError(t, first.conn.Close(websocket.StatusNormalClosure, ""))
+	require.Eventually(t, func() bool { return len(a.sessions("alice")) == 0 }, waitFor, time.Millisecond)
+	for i := 0; i < 5; i++ {
+		require.NoError(t, b.hub.Send(bg, "alice", Text(strconv.Itoa(i))))
+	}
+	require.NoError(t, c.bus.DropLog("u:alice"))
+
+	again := dialResume(t, b, "alice", head)
+	h, p := again.nextFramed()
+	require.Equal(t, "!not-recovered u:alice", h, "nothing is passed off as what she missed: %q", p)
+	require.NoError(t, a.hub.Send(bg, "alice", Text("live")))
+	h, p = again.nextFramed()
+	assert.Equal(t, "live", p)
+	assert.True(t, backplane.OffsetAfter(strings.Fields(h)[0], strings.Fields(head)[0]), "%q after %q", h, head)
+}
+
 // A client that resumes skips the broadcasts its earlier connection was
 // left out of (its own chat messages, relayed with Except); another tab of
 // the same user still gets them.
 func TestResumeSkipsWhatTheSameClientWasLeftOutOf(t *testing.T) {
-	srv := redistest.Start(t)
-	c := newClusterOn(t, 2, func(i int, o *Options) {
+	c := newLogCluster(t, 2, 1000, func(i int, o *Options) {
 		o.OnConnect = func(ctx context.Context, s *Session) error { return s.Join(ctx, "room") }
 		o.OnMessage = func(ctx context.Context, s *Session, m Message) {
 			_ = s.Hub().Broadcast(ctx, "room", m, Except(s.ID()))
 		}
-	}, streamsBackplanes(srv))
+	})
 	a, b := c.nodes[0], c.nodes[1]
 	dialAs := func(n *node, key string, since ...string) *client {
 		q := url.Values{"user": {"alice"}, PositionsParam: {"1"}, ClientParam: {key}}
@@ -198,23 +221,10 @@ func TestResumeSkipsWhatTheSameClientWasLeftOutOf(t *testing.T) {
 	assert.Equal(t, []string{"x1", "x2", "missed"}, rest)
 }
 
-// streamsBackplanes makes ModeStreams backplanes on srv, each with its own
-// client, under one prefix.
-func streamsBackplanes(srv *redistest.Server) func(t *testing.T, name string) (backplane.Backplane, func() uint64) {
-	prefix := "resume-" + randomHex() + ":"
-	return func(t *testing.T, name string) (backplane.Backplane, func() uint64) {
-		client := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
-		t.Cleanup(func() { _ = client.Close() })
-		bp, err := wsredis.New(client, &wsredis.Options{Mode: wsredis.ModeStreams, Prefix: prefix, Logger: quiet})
-		require.NoError(t, err)
-		return bp, func() uint64 { return bp.Stats().Received }
-	}
-}
-
 // Resume parameters the hub cannot use are refused before the upgrade,
 // with nothing echoed back.
 func TestResumeParametersOverTheLimitsAreRefused(t *testing.T) {
-	c := newCluster(t, 1, nil)
+	c := newLogCluster(t, 1, 1000, nil)
 	long := strings.Repeat("x", MaxNameLength+1)
 	for name, q := range map[string]url.Values{
 		"channel name too long": {SinceParam: {"0000:00-00 u:" + long}},

@@ -20,9 +20,9 @@ import (
 	"github.com/wshub/wshub/internal/redistest"
 )
 
-// streamsNodes starts n hubs in ModeStreams on srv; every session joins
-// topic "room" in OnConnect.
-func streamsNodes(t *testing.T, srv *redistest.Server, n int, bo wsredis.Options) *cluster {
+// streamsNodes starts n hubs on Streams backplanes on srv; every session
+// joins topic "room" in OnConnect.
+func streamsNodes(t *testing.T, srv *redistest.Server, n int, bo wsredis.StreamsOptions) *cluster {
 	t.Helper()
 	prefix := "resume-" + randomHex() + ":"
 	return newClusterOn(t, n, func(i int, o *Options) {
@@ -32,8 +32,8 @@ func streamsNodes(t *testing.T, srv *redistest.Server, n int, bo wsredis.Options
 		client := goredis.NewClient(&goredis.Options{Addr: srv.Addr()})
 		t.Cleanup(func() { _ = client.Close() })
 		o := bo
-		o.Mode, o.Prefix, o.Logger = wsredis.ModeStreams, prefix, quiet
-		bp, err := wsredis.New(client, &o)
+		o.Prefix, o.Logger = prefix, quiet
+		bp, err := wsredis.NewStreams(client, &o)
 		require.NoError(t, err)
 		return bp, func() uint64 { return bp.Stats().Received }
 	})
@@ -67,9 +67,22 @@ func (c *client) nextFramed() (head, payload string) {
 	return head, payload
 }
 
+// The main resume test runs on the memory backplane with its logs, and
+// once on Redis Streams: what the hub promises must not depend on which
+// log it reads.
 func TestResumeOnAnotherNodeGetsExactlyWhatWasMissed(t *testing.T) {
-	srv := redistest.Start(t)
-	c := streamsNodes(t, srv, 2, wsredis.Options{})
+	for _, be := range []struct {
+		name  string
+		nodes func(t *testing.T) *cluster
+	}{
+		{"memory", func(t *testing.T) *cluster { return logNodes(t, 2, 1000) }},
+		{"redis streams", func(t *testing.T) *cluster { return streamsNodes(t, redistest.Start(t), 2, wsredis.StreamsOptions{}) }},
+	} {
+		t.Run(be.name, func(t *testing.T) { testResumeOnAnotherNode(t, be.nodes(t)) })
+	}
+}
+
+func testResumeOnAnotherNode(t *testing.T, c *cluster) {
 	a, b := c.nodes[0], c.nodes[1]
 
 	first := dialResume(t, a, "alice")
@@ -128,8 +141,7 @@ func TestResumeOnAnotherNodeGetsExactlyWhatWasMissed(t *testing.T) {
 }
 
 func TestResumeTooOldIsNotRecovered(t *testing.T) {
-	srv := redistest.Start(t)
-	c := streamsNodes(t, srv, 1, wsredis.Options{MaxLen: 10})
+	c := logNodes(t, 1, 10)
 	n := c.nodes[0]
 	first := dialResume(t, n, "bob")
 	c.waitJoined("bob", "room", true)
@@ -172,7 +184,7 @@ func TestPositionsFramingWithoutALog(t *testing.T) {
 	assert.Equal(t, "", h, "Session.Send has no offset")
 	assert.Equal(t, "welcome", p)
 	h, _ = cl.nextFramed()
-	assert.Equal(t, "!not-recovered t:room", h, "the memory backplane keeps no log")
+	assert.Equal(t, "!not-recovered t:room", h, "a memory bus keeps no logs by default")
 	require.NoError(t, n.hub.Send(bg, "carol", Binary([]byte{0, 1, 2})))
 	m := cl.next()
 	assert.Equal(t, MessageBinary, m.Type)
@@ -242,8 +254,7 @@ func TestBatchedFraming(t *testing.T) {
 // client that missed more than its queue holds gets everything, and is not
 // taken for a slow client.
 func TestResumeLargerThanTheSendQueue(t *testing.T) {
-	srv := redistest.Start(t)
-	c := streamsNodes(t, srv, 1, wsredis.Options{})
+	c := logNodes(t, 1, 1000)
 	n := c.nodes[0]
 	// The defaults: 256 messages, 4 MiB.
 	n.hub.opts.SendQueueLen, n.hub.opts.SendQueueBytes = 256, 4<<20

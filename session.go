@@ -2,14 +2,10 @@ package wshub
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os"
-	"runtime"
 	"runtime/debug"
-	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -27,19 +23,21 @@ type Session struct {
 	hub    *Hub
 	id     string
 	userID string
+	req    *http.Request // the upgrade request
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// topics is guarded by hub.mu, like the hub's indexes.
+	valuesMu sync.Mutex
+	values   map[any]any // Set and Get
+
+	// topics is guarded by the hub's registry.
 	topics map[string]struct{}
 
 	mu          sync.Mutex
 	idle        sync.Cond // signalled when the writer stops
 	conn        *websocket.Conn
-	cork        *corkConn // the socket under conn; nil if the server did not hijack through us
-	queue       []outMsg
-	spare       []outMsg
-	queueBytes  int
+	cork        *corkConn // the socket under conn
+	q           sendQueue
 	writing     bool
 	closing     bool
 	closeCode   StatusCode
@@ -47,15 +45,10 @@ type Session struct {
 	pingTimer   *time.Timer
 	wg          sync.WaitGroup // writer, closer and ping goroutines
 
-	// positions is set for a connection that asked for the positions
-	// framing (see resume.go), before the session can receive anything.
-	positions bool
-	rs        *resumeState // a resume in progress, guarded by mu
-	// packed is set for a connection that asked for the batched framing
-	// (see batch.go), before the session can receive anything.
-	packed bool
-	// clientKey is the client's ClientParam, if it sent one.
-	clientKey string
+	// framing is what the connection asked for (see protocol.go), set
+	// before the session can receive anything.
+	framing framing
+	rs      *resumeState // a resume in progress, guarded by mu
 
 	stopHubLink func() bool  // unlinks ctx from the hub's lifetime
 	inHook      atomic.Bool  // OnMessage is running: nobody reads pongs
@@ -66,28 +59,12 @@ type Session struct {
 	slowErr error
 }
 
-type outMsg struct {
-	typ  websocket.MessageType
-	data []byte
-}
-
-// queuedOverhead is what each queued message counts against
-// Options.SendQueueBytes besides its bytes: its slot in the queue and its
-// framing, so that a queue of empty messages is bounded by bytes too.
-const queuedOverhead = 64
-
-// maxBatchBytes bounds, in queued bytes, the batch a writer takes from the
-// queue at once (a larger message goes alone): the rest stays queued, where
-// SlowDropOldest can still drop it, and a session holds at most this much
-// besides its queue.
-const maxBatchBytes = 256 << 10
-
 func randomSuffix() string {
 	return "-" + strconv.FormatUint(rand.Uint64()>>16, 36)
 }
 
 func (h *Hub) newSession(r *http.Request, userID string) *Session {
-	s := &Session{hub: h, id: h.newSessionID(), userID: userID}
+	s := &Session{hub: h, id: h.newSessionID(), userID: userID, req: r, q: newSendQueue(&h.opts, &h.stats.dropped)}
 	s.idle.L = &s.mu
 	// The session's context keeps the request's values (set by middleware,
 	// say) but lives as long as the session, within the hub's lifetime.
@@ -100,6 +77,32 @@ func (h *Hub) newSession(r *http.Request, userID string) *Session {
 // from any node.
 func (s *Session) ID() string { return s.id }
 
+// Request returns the upgrade request that opened the session: its URL,
+// headers and remote address, for the hooks (OnConnect, say). Its body has
+// been consumed and its context ends when the handshake is over: use
+// Context for the session's lifetime. The request must not be modified.
+func (s *Session) Request() *http.Request { return s.req }
+
+// Set stores a value of the application's under key for the life of the
+// session, for its hooks to share (the user's profile, say). Keys are
+// compared like map keys.
+func (s *Session) Set(key, value any) {
+	s.valuesMu.Lock()
+	defer s.valuesMu.Unlock()
+	if s.values == nil {
+		s.values = make(map[any]any)
+	}
+	s.values[key] = value
+}
+
+// Get returns the value Set stored under key, and whether there is one.
+func (s *Session) Get(key any) (any, bool) {
+	s.valuesMu.Lock()
+	defer s.valuesMu.Unlock()
+	v, ok := s.values[key]
+	return v, ok
+}
+
 // UserID returns the user ID Options.Authenticate gave, or "" for an
 // anonymous session.
 func (s *Session) UserID() string { return s.userID }
@@ -109,24 +112,10 @@ func (s *Session) UserID() string { return s.userID }
 func (s *Session) Context() context.Context { return s.ctx }
 
 // Topics returns the topics the session is in, sorted.
-func (s *Session) Topics() []string {
-	s.hub.mu.RLock()
-	t := make([]string, 0, len(s.topics))
-	for k := range s.topics {
-		t = append(t, k)
-	}
-	s.hub.mu.RUnlock()
-	sort.Strings(t)
-	return t
-}
+func (s *Session) Topics() []string { return s.hub.reg.topicsOf(s) }
 
 // InTopic reports whether the session is in topic.
-func (s *Session) InTopic(topic string) bool {
-	s.hub.mu.RLock()
-	defer s.hub.mu.RUnlock()
-	_, ok := s.topics[topic]
-	return ok
-}
+func (s *Session) InTopic(topic string) bool { return s.hub.reg.inTopic(s, topic) }
 
 // Join adds the session to topic on this node and returns once broadcasts to
 // topic from any node reach it (the backplane confirmed the subscription), or
@@ -135,23 +124,19 @@ func (s *Session) Join(ctx context.Context, topic string) error {
 	if err := checkName(topic, ErrInvalidTopic); err != nil {
 		return err
 	}
-	h := s.hub
-	h.mu.Lock()
 	s.mu.Lock()
 	closing := s.closing
 	s.mu.Unlock()
-	if closing || h.sessions[s.id] != s {
-		h.mu.Unlock()
+	if closing {
 		return ErrSessionClosed
 	}
-	_, already := s.topics[topic]
-	f := h.joinLocked(s, topic)
-	h.mu.Unlock()
+	f, already, ok := s.hub.reg.join(s, topic)
+	if !ok {
+		return ErrSessionClosed
+	}
 	if err := f.wait(ctx); err != nil {
 		if !already {
-			h.mu.Lock()
-			h.leaveLocked(s, topic)
-			h.mu.Unlock()
+			s.hub.reg.leave(s, topic)
 		}
 		return fmt.Errorf("wshub: join %q: %w", topic, err)
 	}
@@ -164,20 +149,18 @@ func (s *Session) Leave(topic string) error {
 	if err := checkName(topic, ErrInvalidTopic); err != nil {
 		return err
 	}
-	s.hub.mu.Lock()
-	s.hub.leaveLocked(s, topic)
-	s.hub.mu.Unlock()
+	s.hub.reg.leave(s, topic)
 	return nil
 }
 
 // Send queues msg for this session alone and returns without waiting for the
 // socket. When the queue is full, Options.SlowPolicy applies.
 func (s *Session) Send(msg Message) error {
-	if err := s.hub.checkMessage(msg); err != nil {
+	if err := msg.check(s.hub.opts.MaxMessageSize); err != nil {
 		return err
 	}
 	data := msg.Data
-	if s.positions {
+	if s.framing.positions {
 		data = frame("", data) // no offset: an empty head
 	}
 	if !s.enqueue(outMsg{typ: websocket.MessageType(msg.Type), data: data}) {
@@ -231,33 +214,17 @@ func (s *Session) closeGracefully() {
 // enqueue adds m to the queue and starts the writer if it is idle. It
 // reports false when the session is closing or was closed as too slow.
 func (s *Session) enqueue(m outMsg) bool {
-	o := &s.hub.opts
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return false
 	}
-	if s.fullLocked(len(m.data)) {
-		if o.SlowPolicy == SlowClose {
-			s.slowLocked(fmt.Errorf("%w: send queue full (%d messages, %d bytes)", ErrSlowClient, len(s.queue), s.queueBytes), false)
-			s.queue, s.queueBytes = nil, 0
-			s.startCloseLocked(StatusTryAgainLater, "send queue full")
-			return false
-		}
-		var dropped uint64
-		for s.fullLocked(len(m.data)) {
-			s.queueBytes -= len(s.queue[0].data) + queuedOverhead
-			s.queue[0] = outMsg{}
-			s.queue = s.queue[1:]
-			dropped++
-		}
-		s.hub.stats.dropped.Add(dropped)
-		if o.SendQueueLen == 0 {
-			return false
-		}
+	if !s.q.push(m) {
+		s.slowLocked(fmt.Errorf("%w: send queue full (%d messages, %d bytes)", ErrSlowClient, len(s.q.msgs), s.q.bytes), false)
+		s.q.reset()
+		s.startCloseLocked(StatusTryAgainLater, "send queue full")
+		return false
 	}
-	s.queue = append(s.queue, m)
-	s.queueBytes += len(m.data) + queuedOverhead
 	if !s.writing && s.conn != nil {
 		s.writing = true
 		s.wg.Add(1)
@@ -266,169 +233,23 @@ func (s *Session) enqueue(m outMsg) bool {
 	return true
 }
 
-// writeLoop drains the queue in batches and ends when it is empty, so an
-// idle session holds no writer goroutine.
-func (s *Session) writeLoop() {
-	defer s.wg.Done()
-	// Let the producer that started this writer (a fan-out to thousands
-	// of sessions, say) run on first, so that the first batch carries more
-	// than the one message that woke the writer.
-	runtime.Gosched()
-	var batch []outMsg
-	for {
-		s.mu.Lock()
-		if len(s.queue) == 0 {
-			s.writing = false
-			s.spare = batch[:0]
-			s.idle.Broadcast()
-			s.mu.Unlock()
-			return
-		}
-		batch = s.takeLocked(batch)
-		s.mu.Unlock()
-
-		err := s.writeBatch(batch)
-		if err != nil {
-			if !s.stalled(err) {
-				s.hub.log.Debug("wshub: write failed, closing session", "session", s.id, "err", err)
-			}
-			_ = s.conn.CloseNow()
-			s.mu.Lock()
-			s.closing = true
-			s.queue, s.queueBytes = nil, 0
-			s.writing = false
-			s.idle.Broadcast()
-			s.mu.Unlock()
-			return
-		}
-	}
-}
-
-// takeLocked moves the next batch out of the queue and returns it: all of
-// the queue when it holds at most maxBatchBytes, else its oldest messages up
-// to that, at least one. prev is the batch written last, cleared, whose
-// array it reuses.
-func (s *Session) takeLocked(prev []outMsg) []outMsg {
-	if s.queueBytes <= maxBatchBytes {
-		batch := s.queue
-		s.queue, s.spare = s.spare, nil
-		if s.queue == nil {
-			s.queue = prev[:0]
-		}
-		s.queueBytes = 0
-		return batch
-	}
-	n, size := 0, 0
-	for ; n < len(s.queue); n++ {
-		c := len(s.queue[n].data) + queuedOverhead
-		if n > 0 && size+c > maxBatchBytes {
-			break
-		}
-		size += c
-	}
-	batch := append(prev[:0], s.queue[:n]...)
-	clear(s.queue[:n])
-	s.queue = s.queue[n:]
-	s.queueBytes -= size
-	return batch
-}
-
-// fullLocked reports whether the queue has no room for a message of n
-// bytes. An empty queue always has room; otherwise it holds at most
-// SendQueueLen messages, and a message fits while its bytes and those
-// queued, each queued message counted with queuedOverhead, stay within
-// SendQueueBytes (the condition resume.go's waitRoom waits out).
-func (s *Session) fullLocked(n int) bool {
-	o := &s.hub.opts
-	return len(s.queue) > 0 && (len(s.queue) >= o.SendQueueLen || s.queueBytes+n > o.SendQueueBytes)
-}
-
-// slowLocked records that s is closed as too slow, for reason, which wraps
-// ErrSlowClient; stall says a write made no progress. It counts the
-// session once, whichever paths find it slow.
-func (s *Session) slowLocked(reason error, stall bool) {
-	if s.slowErr != nil {
-		return
-	}
-	s.slowErr = reason
-	s.hub.stats.slowClosed.Add(1)
-	if stall {
-		s.hub.stats.writeTimeouts.Add(1)
-	}
-	s.hub.log.Debug("wshub: closing slow session", "session", s.id, "reason", reason)
-}
-
-// stalled reports whether err is from a write that made no progress for
-// WriteTimeout (the socket's write deadline passed), and if so records the
-// session as too slow.
-func (s *Session) stalled(err error) bool {
-	if !errors.Is(err, os.ErrDeadlineExceeded) {
-		return false
-	}
-	s.mu.Lock()
-	s.slowLocked(fmt.Errorf("%w: no write progress for %v: %w", ErrSlowClient, s.hub.opts.WriteTimeout, err), true)
-	s.mu.Unlock()
-	return true
-}
-
-// writeBatch writes batch with the socket corked: one system call per
-// writeChunk at the end (and whenever corkLimit bytes are buffered), each
-// bounded by WriteTimeout; a batch of one message is written uncorked. The
-// messages are written with a context that never ends, which spares the
-// websocket library a timer per message; the socket's write deadline bounds
-// them instead.
-func (s *Session) writeBatch(batch []outMsg) error {
-	if s.packed {
-		return s.writePacked(batch)
-	}
-	var err error
-	ctx := context.Background()
-	if s.cork != nil && len(batch) == 1 {
-		// One message: the library's one flush is the one system call,
-		// so there is nothing to cork.
-		if err = s.cork.arm(s.hub.opts.WriteTimeout); err == nil {
-			err = s.conn.Write(ctx, batch[0].typ, batch[0].data)
-		}
-		batch[0] = outMsg{}
-		return err
-	}
-	if s.cork != nil {
-		err = s.cork.cork(s.hub.opts.WriteTimeout)
-	}
-	if s.cork == nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(s.ctx, s.hub.opts.WriteTimeout)
-		defer cancel()
-	}
-	for i := range batch {
-		if err == nil {
-			err = s.conn.Write(ctx, batch[i].typ, batch[i].data)
-		}
-		batch[i] = outMsg{}
-	}
-	if s.cork != nil {
-		if uerr := s.cork.uncork(); err == nil {
-			err = uerr
-		}
-	}
-	return err
-}
-
 // serve runs the session on conn until it ends; it owns every goroutine of
 // the session.
 func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 	h := s.hub
 	conn.SetReadLimit(h.opts.ReadLimit)
-	if cork != nil {
-		if err := cork.setWriteBuffer(h.opts.SocketWriteBuffer); err != nil {
-			h.log.Debug("wshub: cannot size the socket's send buffer", "session", s.id, "err", err)
-		}
+	if err := cork.setWriteBuffer(h.opts.SocketWriteBuffer); err != nil {
+		h.log.Debug("wshub: cannot size the socket's send buffer", "session", s.id, "err", err)
 	}
 	s.mu.Lock()
 	s.conn, s.cork = conn, cork
+	if s.rs != nil {
+		s.wg.Add(1)
+		go s.resume(h.replay)
+	}
 	// What was queued before the handshake (by OnConnect, say) goes first,
 	// even when the session is already closing.
-	if len(s.queue) > 0 {
+	if !s.q.empty() {
 		s.writing = true
 		s.wg.Add(1)
 		go s.writeLoop()
@@ -487,7 +308,7 @@ func (s *Session) recoverHook(hook string, ok *bool) {
 // runs deferred, so it also runs if the websocket library panics.
 func (s *Session) end(err error) {
 	h := s.hub
-	h.unregister(s)
+	h.reg.remove(s)
 	s.mu.Lock()
 	s.closing = true
 	if s.pingTimer != nil {
@@ -524,10 +345,10 @@ func (s *Session) onDisconnect(err error) {
 
 // abandon ends a session whose upgrade failed after OnConnect saw it.
 func (s *Session) abandon() {
-	s.hub.unregister(s)
+	s.hub.reg.remove(s)
 	s.mu.Lock()
 	s.closing = true
-	s.queue, s.queueBytes = nil, 0
+	s.q.reset()
 	s.mu.Unlock()
 	s.cancel()
 	s.stopHubLink()

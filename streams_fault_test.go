@@ -30,7 +30,7 @@ func TestStreamsNodeCatchesUpAfterACut(t *testing.T) {
 		if i == 1 {
 			o.OnBackplaneEvent = events.hook
 		}
-	}, &wsredis.Options{Mode: wsredis.ModeStreams, MaxLen: 2 * total, ProbeInterval: 100 * time.Millisecond})
+	}, redisStreams(wsredis.StreamsOptions{Options: wsredis.Options{ProbeInterval: 100 * time.Millisecond}, MaxLen: 2 * total}))
 	a, b := c.nodes[0], c.nodes[1]
 	cl := dial(t, b, "bob")
 	c.waitJoined("bob", "room", true)
@@ -65,6 +65,6 @@ func TestStreamsNodeCatchesUpAfterACut(t *testing.T) {
 	require.NoError(t, a.hub.Send(bg, "bob", Text("live")))
 	require.Equal(t, "live", cl.nextText())
 	require.Zero(t, b.hub.Stats().BackplaneGaps)
-	st := b.bp.(*wsredis.Backplane).Stats()
+	st := b.bp.(*wsredis.Streams).Stats()
 	require.GreaterOrEqual(t, st.CaughtUp, uint64(total))
 }

@@ -30,9 +30,9 @@ func BenchmarkPublish(b *testing.B) {
 
 func benchPublish(b *testing.B, addr string, callers int, subscribed bool) {
 	prefix := "bench-" + randomHex() + ":"
-	mk := func(h backplane.Handler) *wsredis.Backplane {
+	mk := func(h backplane.Handler) *wsredis.PubSub {
 		client := goredis.NewClient(&goredis.Options{Addr: addr})
-		bp, err := wsredis.New(client, &wsredis.Options{Prefix: prefix, Logger: quiet})
+		bp, err := wsredis.NewPubSub(client, &wsredis.Options{Prefix: prefix, Logger: quiet})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -90,10 +90,11 @@ func BenchmarkStreamsCatchUp(b *testing.B) {
 		b.StopTimer()
 		prefix := "catchup-" + randomHex() + ":"
 		proxy := redistest.NewProxy(b, srv.Addr())
-		mk := func(addr string, h backplane.Handler) *wsredis.Backplane {
+		mk := func(addr string, h backplane.Handler) *wsredis.Streams {
 			client := goredis.NewClient(&goredis.Options{Addr: addr})
-			bp, err := wsredis.New(client, &wsredis.Options{Prefix: prefix, Logger: quiet,
-				Mode: wsredis.ModeStreams, MaxLen: 2 * missed, ProbeInterval: 50 * time.Millisecond})
+			bp, err := wsredis.NewStreams(client, &wsredis.StreamsOptions{
+				Options: wsredis.Options{Prefix: prefix, Logger: quiet, ProbeInterval: 50 * time.Millisecond},
+				MaxLen:  2 * missed})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -33,8 +33,8 @@ type harness struct {
 	cluster []string
 	stop    func()
 	prefix  string
-	mode    wsredis.Mode
-	maxLen  int // Options.MaxLen; 0 for the default
+	streams bool // Streams nodes, PubSub ones otherwise
+	maxLen  int  // StreamsOptions.MaxLen; 0 for the default
 
 	mu      sync.Mutex
 	clients []goredis.UniversalClient
@@ -53,7 +53,11 @@ func (h *harness) MakeNode(context.Context) (backplane.Backplane, error) {
 		c = goredis.NewClient(&goredis.Options{Addr: h.addr})
 	}
 	h.clients = append(h.clients, c)
-	return wsredis.New(c, &wsredis.Options{Prefix: h.prefix, Logger: quiet, Mode: h.mode, MaxLen: h.maxLen})
+	o := wsredis.Options{Prefix: h.prefix, Logger: quiet}
+	if h.streams {
+		return wsredis.NewStreams(c, &wsredis.StreamsOptions{Options: o, MaxLen: h.maxLen})
+	}
+	return wsredis.NewPubSub(c, &o)
 }
 
 func (h *harness) Close() {
@@ -91,7 +95,7 @@ func TestConformanceRedisCluster(t *testing.T) {
 // Replay cases overrun it with few messages (20 × 10 + 200).
 const streamsMaxLen = 10
 
-// streamsFeatures are what ModeStreams promises: replay by offset, keeping
+// streamsFeatures are what Streams promises: replay by offset, keeping
 // at least MaxLen messages per channel.
 var streamsFeatures = backplanetest.Features{Replay: true, Retained: streamsMaxLen}
 
@@ -101,20 +105,20 @@ func TestConformanceStreamsMiniredis(t *testing.T) {
 		if err != nil {
 			return nil, err
 		}
-		return &harness{addr: mr.Addr(), stop: mr.Close, mode: wsredis.ModeStreams, maxLen: streamsMaxLen}, nil
+		return &harness{addr: mr.Addr(), stop: mr.Close, streams: true, maxLen: streamsMaxLen}, nil
 	}, streamsFeatures)
 }
 
 func TestConformanceStreamsRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
-		return &harness{addr: srv.Addr(), mode: wsredis.ModeStreams, maxLen: streamsMaxLen}, nil
+		return &harness{addr: srv.Addr(), streams: true, maxLen: streamsMaxLen}, nil
 	}, streamsFeatures)
 }
 
 func TestConformanceStreamsRedisCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
-		return &harness{cluster: c.Addrs(), mode: wsredis.ModeStreams, maxLen: streamsMaxLen}, nil
+		return &harness{cluster: c.Addrs(), streams: true, maxLen: streamsMaxLen}, nil
 	}, streamsFeatures)
 }

@@ -5,12 +5,25 @@
 //
 //	import wsredis "github.com/wshub/wshub/backplane/redis"
 //
-//	bp, err := wsredis.New(redisClient, nil) // or backplane.Open(ctx, "redis://127.0.0.1:6379/0")
+//	bp, err := wsredis.NewPubSub(redisClient, nil) // or backplane.Open(ctx, "redis://127.0.0.1:6379/0")
 //	hub, err := wshub.New(&wshub.Options{Backplane: bp})
+//
+// The package has two backplanes, on one shared machinery:
+//
+//   - PubSub (NewPubSub, or a URL with mode=pubsub, the default) moves
+//     messages with Redis pub/sub alone: lowest latency, at most once.
+//   - Streams (NewStreams, or mode=streams) also keeps a capped log per
+//     channel: a node that was cut off catches up, and clients resume by
+//     offset. Only a Streams is a backplane.Log, and only StreamsOptions
+//     have the retention settings (MaxLen, MaxAge, EpochTTL).
+//
+// Both are a backplane.Backplane, a backplane.Notifier and a
+// backplane.Checker, and have Stats (a Streams has more of them,
+// StreamsStats).
 //
 // # Delivery
 //
-// In ModePubSub a message goes through Redis pub/sub: one PUBLISH, and
+// In a PubSub a message goes through Redis pub/sub: one PUBLISH, and
 // Redis forwards it to the nodes subscribed to its channel. A node
 // subscribes only to the channels of the users, topics and sessions it
 // holds, so a node never receives traffic it would throw away, and the
@@ -25,28 +38,29 @@
 //
 // # Streams
 //
-// In ModeStreams (URL parameter mode=streams) every channel has a capped
-// Redis stream as its log, trimmed to Options.MaxLen entries and MaxAge, and
-// expiring MaxAge after its last message. A publish is one script that
-// appends to the log and publishes a wake-up with the entry's ID and the
-// payload, so live delivery needs no extra read and wake-ups arrive in log
-// order. Every message has an offset in its channel, "<epoch>:<position>".
+// In a Streams every channel has a capped Redis stream as its log, trimmed
+// to StreamsOptions.MaxLen entries and MaxAge, and expiring MaxAge after its
+// last message. A publish is one script that appends to the log and
+// publishes a wake-up with the entry's ID and the payload, so live delivery
+// needs no extra read and wake-ups arrive in log order. Every message has an
+// offset in its channel, "<epoch>:<position>".
 //
 // The epoch names the log's current life and is kept in a small key beside
-// it that outlives it (Options.EpochTTL). A log lost with its epoch key (a
-// restart without persistence, FLUSHALL, a failover to a server without the
-// data, eviction) comes back with a new epoch, so a node or client whose
+// it that outlives it (StreamsOptions.EpochTTL). A log lost with its epoch
+// key (a restart without persistence, FLUSHALL, a failover to a server
+// without the data, eviction) comes back with a new epoch, so a node or
+// client whose
 // position is in the old one is told of a gap, or gets ErrNotRetained, and
 // never that it is up to date. No loss needs Redis persistence
 // (appendonly) and maxmemory-policy noeviction. A wake-up that is not one,
 // or whose entry ID is ahead of the Redis clock, is dropped and counted in
-// Stats.Malformed.
+// StreamsStats.Malformed.
 //
 // A node whose subscription connection was lost catches up from the logs
 // before it delivers anything live: from the last entry it delivered on each
 // channel (or where the log ended when it subscribed), page by page, dropping
 // live copies of what it read. EventRestored has Gap set only when a log no
-// longer held everything the node missed, or the log was lost. Backplane.Read
+// longer held everything the node missed, or the log was lost. Streams.Read
 // serves clients that resume from an offset (see the wshub package,
 // "Resume"), in pages, and returns backplane.ErrNotRetained when retention
 // dropped what they missed or the log was lost, and
@@ -62,8 +76,9 @@
 // publishes to itself every ProbeInterval) does not come back within
 // ProbeTimeout, the backplane reports an EventDown, throws the connection
 // away and builds a new one subscribed to everything the node holds, with
-// backoff. When the new one is confirmed it reports EventRestored with Gap
-// set: messages published in between were lost to this node. The hub
+// backoff. When the new one is confirmed it reports EventRestored; a PubSub
+// sets Gap, since messages published in between were lost to this node,
+// and a Streams sets it only when its catch-up could not recover them. The hub
 // counts both (Stats.BackplaneDowns, Stats.BackplaneGaps) and passes them
 // to Options.OnBackplaneEvent. Health says whether the node is delivering
 // now.
@@ -85,6 +100,7 @@
 //
 // # Ownership
 //
-// A backplane never closes a client given to New. One opened from a URL
+// A backplane never closes a client given to NewPubSub or NewStreams. One
+// opened from a URL
 // owns its client and closes it in Close.
 package redis

@@ -18,7 +18,7 @@ import (
 	"github.com/wshub/wshub/internal/redistest"
 )
 
-// Tests of what a ModeStreams node is told after its logs were lost, and
+// Tests of what a Streams node is told after its logs were lost, and
 // of what it does with messages on its channels that no node published.
 
 // lostLog is how a test makes Redis lose a channel's log while node b is
@@ -59,7 +59,7 @@ func TestStreamsLostLogIsAGap(t *testing.T) {
 				srv := redistest.Start(t, tc.opts...)
 				proxy := redistest.NewProxy(t, srv.Addr())
 				prefix := "t" + randomHex() + ":"
-				o := wsredis.Options{Prefix: prefix, ProbeInterval: 100 * time.Millisecond}
+				o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: prefix, ProbeInterval: 100 * time.Millisecond}}
 				a := newStreamsNode(t, srv.Addr(), o)
 				b := newStreamsNode(t, proxy.Addr(), o)
 				require.NoError(t, b.Subscribe(bg, ch))
@@ -86,7 +86,7 @@ func TestStreamsRestartWithPersistenceIsNoGap(t *testing.T) {
 	const ch = "c:kept"
 	srv := redistest.Start(t, redistest.WithAppendOnly(), redistest.WithArgs("--appendfsync", "always"))
 	proxy := redistest.NewProxy(t, srv.Addr())
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, proxy.Addr(), o)
 	require.NoError(t, b.Subscribe(bg, ch, "c:idle"))
@@ -116,7 +116,7 @@ func TestStreamsTrimmedBeforeFirstDeliveryIsAGap(t *testing.T) {
 	const ch = "c:trimmed"
 	srv := redistest.Start(t)
 	proxy := redistest.NewProxy(t, srv.Addr())
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond, MaxLen: 10}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}, MaxLen: 10}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, proxy.Addr(), o)
 	require.NoError(t, b.Subscribe(bg, ch))
@@ -151,7 +151,7 @@ func TestStreamsForgedWakeUpsAreDropped(t *testing.T) {
 	const ch = "c:forged"
 	srv := redistest.Start(t)
 	prefix := "t" + randomHex() + ":"
-	o := wsredis.Options{Prefix: prefix}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: prefix}}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, srv.Addr(), o)
 	require.NoError(t, b.Subscribe(bg, ch))
@@ -185,14 +185,14 @@ func futureID(d time.Duration) string {
 // A probe channel that someone else publishes on cannot switch silent-death
 // detection off: only the node's own unguessable probes count.
 func TestProbeCannotBePoisoned(t *testing.T) {
-	for _, mode := range []wsredis.Mode{wsredis.ModePubSub, wsredis.ModeStreams} {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, typ := range backplaneTypes() {
+		t.Run(typ.name, func(t *testing.T) {
 			srv := redistest.Start(t)
 			proxy := redistest.NewProxy(t, srv.Addr())
 			prefix := "t" + randomHex() + ":"
 			c := goredis.NewClient(&goredis.Options{Addr: proxy.Addr()})
 			t.Cleanup(func() { _ = c.Close() })
-			bp, err := wsredis.New(c, &wsredis.Options{Mode: mode, Prefix: prefix, Logger: quiet,
+			bp, err := typ.make(c, wsredis.Options{Prefix: prefix, Logger: quiet,
 				ProbeInterval: 100 * time.Millisecond})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = bp.Close() })
@@ -220,15 +220,15 @@ func TestProbeCannotBePoisoned(t *testing.T) {
 // While the backplane knows Redis is down, Publish fails at once with
 // ErrUnavailable instead of retrying the dial until its context ends.
 func TestPublishFailsFastWhileDown(t *testing.T) {
-	for _, mode := range []wsredis.Mode{wsredis.ModePubSub, wsredis.ModeStreams} {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, typ := range backplaneTypes() {
+		t.Run(typ.name, func(t *testing.T) {
 			srv := redistest.Start(t)
 			// A client that would retry a failed dial for far longer than
 			// the test's context.
 			c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), MaxRetries: 1000,
 				MinRetryBackoff: 500 * time.Millisecond, MaxRetryBackoff: time.Second})
 			t.Cleanup(func() { _ = c.Close() })
-			bp, err := wsredis.New(c, &wsredis.Options{Mode: mode, Prefix: "t" + randomHex() + ":", Logger: quiet})
+			bp, err := typ.make(c, wsredis.Options{Prefix: "t" + randomHex() + ":", Logger: quiet})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = bp.Close() })
 			var events eventLog

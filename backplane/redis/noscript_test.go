@@ -17,7 +17,7 @@ import (
 func TestStreamsScriptFlushPublishesNothingTwice(t *testing.T) {
 	srv := redistest.Start(t)
 	rc := srv.Client(t)
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", MaxLen: 100000}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":"}, MaxLen: 100000}
 	a := newStreamsNode(t, srv.Addr(), o)
 	dups := 0
 	for iter := range 20 {

@@ -20,10 +20,11 @@ const (
 	reqCanceled
 )
 
+// pubReq is one message waiting for a pipeline.
 type pubReq struct {
 	channel string // Redis channel
-	key     string // ModeStreams: the channel's log
-	ekey    string // ModeStreams: the channel's epoch key
+	key     string // the channel's log, for a message that goes to one
+	ekey    string // the channel's epoch key, with key
 	payload []byte
 	state   atomic.Int32
 	done    chan error // buffered: the pipeline never waits for the caller
@@ -31,33 +32,63 @@ type pubReq struct {
 
 var reqPool = sync.Pool{New: func() any { return &pubReq{done: make(chan error, 1)} }}
 
+// logScript sends the messages that go to a log (those with a key): the
+// Streams publish script.
+type logScript interface {
+	// appendCmd queues on pipe the command that appends r's payload to its
+	// log and publishes its wake-up.
+	appendCmd(ctx context.Context, pipe goredis.Pipeliner, r *pubReq) goredis.Cmder
+	// loadScript loads the script into Redis again, after Redis answered
+	// NOSCRIPT.
+	loadScript(ctx context.Context) error
+}
+
+// publisherConfig is what a publisher needs from its backplane.
+type publisherConfig struct {
+	ctx       context.Context         // ends when the backplane closes
+	client    goredis.UniversalClient // sends the pipelines
+	sharded   bool                    // SPUBLISH instead of PUBLISH
+	pipelines int                     // Options.Pipelines
+	maxBatch  int                     // Options.MaxBatch
+	// logs sends the messages that go to a log; nil when none do.
+	logs logScript
+	// done is told the outcome of every message sent.
+	done func(err error)
+}
+
 // publisher batches concurrent Publish calls into pipelines: up to
 // Options.Pipelines of them in flight, each one round trip for up to
 // Options.MaxBatch messages. Under light load a message goes out alone at
 // once; under heavy load the queue fills while pipelines are in flight and
 // the next pipeline takes everything queued.
 type publisher struct {
-	b     *Backplane
+	cfg   publisherConfig
 	queue chan *pubReq
 	stop  chan struct{}
 	wg    sync.WaitGroup
 }
 
-func newPublisher(b *Backplane) *publisher {
+func newPublisher(cfg publisherConfig) *publisher {
 	p := &publisher{
-		b:     b,
-		queue: make(chan *pubReq, b.opts.MaxBatch*b.opts.Pipelines),
+		cfg:   cfg,
+		queue: make(chan *pubReq, cfg.maxBatch*cfg.pipelines),
 		stop:  make(chan struct{}),
 	}
-	p.wg.Add(b.opts.Pipelines)
-	for i := 0; i < b.opts.Pipelines; i++ {
+	p.wg.Add(cfg.pipelines)
+	for i := 0; i < cfg.pipelines; i++ {
 		go p.run()
 	}
 	return p
 }
 
+// publishPlain publishes payload on channel with a plain (S)PUBLISH.
+func (p *publisher) publishPlain(ctx context.Context, channel string, payload []byte) error {
+	return p.publish(ctx, channel, "", "", payload)
+}
+
 // publish queues one message and waits for Redis to take it. key and ekey
-// are the channel's log and epoch key in ModeStreams, empty otherwise.
+// are the channel's log and epoch key for a message that goes to a log
+// (sent by the logScript), empty for a plain (S)PUBLISH.
 func (p *publisher) publish(ctx context.Context, channel, key, ekey string, payload []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err // select would pick at random between queueing and giving up
@@ -101,8 +132,8 @@ func (p *publisher) recycle(r *pubReq) {
 
 func (p *publisher) run() {
 	defer p.wg.Done()
-	batch := make([]*pubReq, 0, p.b.opts.MaxBatch)
-	pb := &pipeBuf{cmds: make([]goredis.Cmder, 0, p.b.opts.MaxBatch)}
+	batch := make([]*pubReq, 0, p.cfg.maxBatch)
+	pb := &pipeBuf{cmds: make([]goredis.Cmder, 0, p.cfg.maxBatch)}
 	for {
 		var first *pubReq
 		select {
@@ -145,13 +176,13 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 		var retry []int
 		for i := range live {
 			errs[i] = cmdErr(cmds[i], execErr)
-			if p.b.opts.Mode == ModeStreams && errs[i] != nil && goredis.HasErrorPrefix(errs[i], "NOSCRIPT") {
+			if live[i].key != "" && errs[i] != nil && goredis.HasErrorPrefix(errs[i], "NOSCRIPT") {
 				retry = append(retry, i)
 			}
 		}
 		// Redis restarted or flushed its scripts: load ours and send again
 		// exactly the commands that found it missing. The others ran.
-		if len(retry) > 0 && publishScript.Load(p.b.ctx, p.b.busClient).Err() == nil {
+		if len(retry) > 0 && p.cfg.logs.loadScript(p.cfg.ctx) == nil {
 			again := make([]*pubReq, len(retry))
 			for j, i := range retry {
 				again[j] = live[i]
@@ -168,15 +199,13 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 		if errs != nil {
 			err = errs[i]
 		}
+		p.cfg.done(err)
 		if err != nil {
-			p.b.stats.publishErrors.Add(1)
-			if p.b.ctx.Err() != nil {
+			if p.cfg.ctx.Err() != nil {
 				err = backplane.ErrClosed
 			} else {
 				err = fmt.Errorf("%w: %w", backplane.ErrUnavailable, err)
 			}
-		} else {
-			p.b.stats.published.Add(1)
 		}
 		r.done <- err
 	}
@@ -239,29 +268,24 @@ func (pb *pipeBuf) release() {
 // exec sends one pipeline for live and returns its commands, in order.
 func (p *publisher) exec(pb *pipeBuf, live []*pubReq) ([]goredis.Cmder, error) {
 	pb.release()
+	ctx := p.cfg.ctx
 	if pb.pipe == nil {
-		pb.pipe = p.b.busClient.Pipeline()
+		pb.pipe = p.cfg.client.Pipeline()
 	}
 	pipe := pb.pipe
 	cmds := pb.cmds
 	for _, r := range live {
 		switch {
 		case r.key != "":
-			pub := "PUBLISH"
-			if p.b.sharded {
-				pub = "SPUBLISH"
-			}
-			cmds = append(cmds, publishScript.EvalSha(p.b.ctx, pipe, []string{r.key, r.ekey},
-				r.channel, r.payload, p.b.opts.MaxLen, p.b.opts.MaxAge.Milliseconds(), pub,
-				newEpoch(), p.b.opts.EpochTTL.Milliseconds()))
+			cmds = append(cmds, p.cfg.logs.appendCmd(ctx, pipe, r))
 		default:
-			cmd := pb.publishCmd(p.b.ctx, p.b.sharded, r.channel, r.payload)
-			_ = pipe.Process(p.b.ctx, cmd)
+			cmd := pb.publishCmd(ctx, p.cfg.sharded, r.channel, r.payload)
+			_ = pipe.Process(ctx, cmd)
 			cmds = append(cmds, cmd)
 		}
 	}
 	pb.cmds = cmds
-	_, err := pipe.Exec(p.b.ctx)
+	_, err := pipe.Exec(ctx)
 	return cmds, err
 }
 

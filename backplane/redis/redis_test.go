@@ -22,7 +22,7 @@ func TestPublishFailsWhileRedisIsDown(t *testing.T) {
 	mr := miniredis.RunT(t)
 	client := goredis.NewClient(&goredis.Options{Addr: mr.Addr(), MaxRetries: -1})
 	defer client.Close()
-	bp, err := wsredis.New(client, &wsredis.Options{Logger: quiet})
+	bp, err := wsredis.NewPubSub(client, &wsredis.Options{Logger: quiet})
 	require.NoError(t, err)
 	defer bp.Close()
 	require.NoError(t, bp.Start(func(backplane.Message) {}))
@@ -44,7 +44,7 @@ func TestNeverClosesTheGivenClient(t *testing.T) {
 	mr := miniredis.RunT(t)
 	client := goredis.NewClient(&goredis.Options{Addr: mr.Addr()})
 	defer client.Close()
-	bp, err := wsredis.New(client, &wsredis.Options{Logger: quiet})
+	bp, err := wsredis.NewPubSub(client, &wsredis.Options{Logger: quiet})
 	require.NoError(t, err)
 	require.NoError(t, bp.Start(func(backplane.Message) {}))
 	require.NoError(t, bp.Subscribe(bg, "c"))
@@ -60,20 +60,71 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	client := goredis.NewClient(&goredis.Options{Addr: mr.Addr()})
 	defer client.Close()
 	for name, o := range map[string]*wsredis.Options{
-		"unknown mode":    {Mode: "carrier-pigeon"},
 		"negative probe":  {ProbeInterval: -time.Second},
 		"negative shards": {Shards: -1},
 	} {
-		_, err := wsredis.New(client, o)
+		_, err := wsredis.NewPubSub(client, o)
+		assert.ErrorIs(t, err, wsredis.ErrInvalidOptions, name)
+		_, err = wsredis.NewStreams(client, &wsredis.StreamsOptions{Options: *o})
+		assert.ErrorIs(t, err, wsredis.ErrInvalidOptions, "streams: "+name)
+	}
+	for name, o := range map[string]*wsredis.StreamsOptions{
+		"negative max len":        {MaxLen: -1},
+		"negative max age":        {MaxAge: -time.Second},
+		"epoch ttl below max age": {MaxAge: time.Hour, EpochTTL: time.Minute},
+	} {
+		_, err := wsredis.NewStreams(client, o)
 		assert.ErrorIs(t, err, wsredis.ErrInvalidOptions, name)
 	}
-	_, err := wsredis.New(nil, nil)
+	_, err := wsredis.NewPubSub(nil, nil)
+	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions)
+	_, err = wsredis.NewStreams(nil, nil)
 	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions)
 
 	cluster := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: []string{mr.Addr()}})
 	defer cluster.Close()
-	_, err = wsredis.New(cluster, &wsredis.Options{Prefix: "app{1}:"})
+	_, err = wsredis.NewPubSub(cluster, &wsredis.Options{Prefix: "app{1}:"})
 	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions, "a brace in a cluster prefix")
+	_, err = wsredis.NewStreams(cluster, &wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "app{1}:"}})
+	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions, "a brace in a cluster prefix, streams")
+}
+
+// Only a Streams keeps a log: the hub, which finds a backplane.Log by type
+// assertion, is told so by the type, however the backplane was made.
+func TestOnlyStreamsIsALog(t *testing.T) {
+	mr := miniredis.RunT(t)
+	client := goredis.NewClient(&goredis.Options{Addr: mr.Addr()})
+	defer client.Close()
+	p, err := wsredis.NewPubSub(client, nil)
+	require.NoError(t, err)
+	defer p.Close()
+	s, err := wsredis.NewStreams(client, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	var bp backplane.Backplane = p
+	_, isLog := bp.(backplane.Log)
+	assert.False(t, isLog, "a PubSub is not a backplane.Log")
+	bp = s
+	_, isLog = bp.(backplane.Log)
+	assert.True(t, isLog, "a Streams is a backplane.Log")
+
+	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+	defer cancel()
+	for query, streams := range map[string]bool{"": false, "?mode=pubsub": false, "?mode=streams&max_len=10": true} {
+		bp, err := backplane.Open(ctx, "redis://"+mr.Addr()+query)
+		require.NoError(t, err, query)
+		switch bp.(type) {
+		case *wsredis.Streams:
+			assert.True(t, streams, "%q opened a Streams", query)
+		case *wsredis.PubSub:
+			assert.False(t, streams, "%q opened a PubSub", query)
+		default:
+			t.Errorf("%q opened a %T", query, bp)
+		}
+		_, isLog := bp.(backplane.Log)
+		assert.Equal(t, streams, isLog, "%q: a backplane.Log", query)
+		require.NoError(t, bp.Close())
+	}
 }
 
 func TestOpenURL(t *testing.T) {
@@ -94,6 +145,10 @@ func TestOpenURL(t *testing.T) {
 
 	for _, bad := range []string{
 		"redis://" + mr.Addr() + "?mode=streamz",
+		"redis://" + mr.Addr() + "?mode=pubsub&max_len=10",
+		"redis://" + mr.Addr() + "?max_age=1m",
+		"redis://" + mr.Addr() + "?mode=pubsub&epoch_ttl=1h",
+		"redis://" + mr.Addr() + "?mode=streams&max_age=2h&epoch_ttl=1h",
 		"redis://" + mr.Addr() + "?probe_interval=soon",
 		"redis://" + mr.Addr() + "?shards=-3",
 		"redis://" + mr.Addr() + "?no_such_option=1",

@@ -19,7 +19,7 @@ import (
 	"github.com/wshub/wshub/internal/redistest"
 )
 
-// Tests of ModeStreams against real redis-server processes: a restart of
+// Tests of Streams against real redis-server processes: a restart of
 // Redis, a node cut off and caught up from the logs, and the memory the logs
 // take under load.
 
@@ -95,26 +95,25 @@ func (r *received) count(ch string) int {
 	return len(r.msgs[ch])
 }
 
-// streamsNode is a started ModeStreams backplane with its own client.
+// streamsNode is a started Streams backplane with its own client.
 type streamsNode struct {
-	*wsredis.Backplane
+	*wsredis.Streams
 	events *eventLog
 	rec    *received
 }
 
-// newStreamsNode makes a ModeStreams backplane on a client of its own to
+// newStreamsNode makes a Streams backplane on a client of its own to
 // addr, records its events and messages, and starts it. The test's cleanup
 // closes the backplane, then the client.
-func newStreamsNode(t *testing.T, addr string, o wsredis.Options) *streamsNode {
+func newStreamsNode(t *testing.T, addr string, o wsredis.StreamsOptions) *streamsNode {
 	t.Helper()
 	c := goredis.NewClient(&goredis.Options{Addr: addr})
 	t.Cleanup(func() { _ = c.Close() })
-	o.Mode = wsredis.ModeStreams
 	o.Logger = quiet
-	bp, err := wsredis.New(c, &o)
+	bp, err := wsredis.NewStreams(c, &o)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, bp.Close()) })
-	n := &streamsNode{Backplane: bp, events: &eventLog{}, rec: newReceived()}
+	n := &streamsNode{Streams: bp, events: &eventLog{}, rec: newReceived()}
 	bp.Notify(n.events.add)
 	require.NoError(t, bp.Start(n.rec.handle))
 	return n
@@ -149,7 +148,7 @@ func TestStreamsRedisRestart(t *testing.T) {
 	// The logs keep everything this test publishes (a few thousand
 	// messages a second, for seconds), so that only the restart can lose
 	// messages, not retention.
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond, MaxLen: 1_000_000}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}, MaxLen: 1_000_000}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, srv.Addr(), o)
 	chans := []string{"r:0", "r:1", "r:2", "r:3", "r:4"}
@@ -300,7 +299,7 @@ func TestStreamsCatchUp(t *testing.T) {
 	const ch, before, during, after = "c:1", 10, 2000, 10
 	srv := redistest.Start(t)
 	proxy := redistest.NewProxy(t, srv.Addr())
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond, MaxLen: 10 * during}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}, MaxLen: 10 * during}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, proxy.Addr(), o)
 	require.NoError(t, b.Subscribe(bg, ch))
@@ -358,7 +357,7 @@ func TestStreamsCatchUpGap(t *testing.T) {
 	const ch, before, during = "c:gap", 5, 1000
 	srv := redistest.Start(t)
 	proxy := redistest.NewProxy(t, srv.Addr())
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond, MaxLen: 10}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}, MaxLen: 10}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, proxy.Addr(), o)
 	require.NoError(t, b.Subscribe(bg, ch))
@@ -430,7 +429,7 @@ func TestStreamsSoakMemory(t *testing.T) {
 	defer cancel()
 	empty := usedMemory(t, ctx, rc)
 
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", MaxLen: maxLen}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":"}, MaxLen: maxLen}
 	pub := newStreamsNode(t, srv.Addr(), o)
 	// The receiving node counts and checks order per channel instead of
 	// keeping 100,000 payloads.
@@ -524,10 +523,10 @@ func usedMemory(t *testing.T, ctx context.Context, rc *goredis.Client) int64 {
 	return 0
 }
 
-// orderChecker is a ModeStreams node that counts what it receives per
+// orderChecker is a Streams node that counts what it receives per
 // channel and checks that each channel's rounds come in order.
 type orderChecker struct {
-	bp    *wsredis.Backplane
+	bp    *wsredis.Streams
 	total atomic.Int64
 
 	mu   sync.Mutex
@@ -535,13 +534,12 @@ type orderChecker struct {
 	err  error          // the first disorder
 }
 
-func newOrderChecker(t *testing.T, addr string, o wsredis.Options) *orderChecker {
+func newOrderChecker(t *testing.T, addr string, o wsredis.StreamsOptions) *orderChecker {
 	t.Helper()
 	c := goredis.NewClient(&goredis.Options{Addr: addr})
 	t.Cleanup(func() { _ = c.Close() })
-	o.Mode = wsredis.ModeStreams
 	o.Logger = quiet
-	bp, err := wsredis.New(c, &o)
+	bp, err := wsredis.NewStreams(c, &o)
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, bp.Close()) })
 	oc := &orderChecker{bp: bp, next: make(map[string]int)}
@@ -580,7 +578,7 @@ func TestStreamsRestartWithoutPersistenceIsAGap(t *testing.T) {
 	const ch = "c:lost"
 	srv := redistest.Start(t)
 	proxy := redistest.NewProxy(t, srv.Addr())
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: 100 * time.Millisecond}}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, proxy.Addr(), o)
 	require.NoError(t, b.Subscribe(bg, ch))

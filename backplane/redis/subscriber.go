@@ -30,6 +30,28 @@ const upMarker = "wshub-up"
 // errProbeLost marks a subscription whose probes stopped coming back.
 var errProbeLost = errors.New("probe did not come back")
 
+// subscriberConfig is what a subscriber needs from its backplane.
+type subscriberConfig struct {
+	ctx           context.Context         // ends when the backplane closes
+	client        goredis.UniversalClient // makes the subscription connections
+	sharded       bool                    // SSUBSCRIBE instead of SUBSCRIBE
+	probeChannel  string                  // this node's probe channel on the shard
+	probeInterval time.Duration           // Options.ProbeInterval
+	probeTimeout  time.Duration           // Options.ProbeTimeout
+	// mode does what depends on the backplane's type: what is done with a
+	// message, when a generation comes up, and on Subscribe.
+	mode shardMode
+	// publish sends a probe with a plain (S)PUBLISH.
+	publish func(ctx context.Context, channel string, payload []byte) error
+	// spawn runs f on a goroutine that the backplane waits for on Close.
+	spawn func(f func())
+	// down is told that the subscriber threw its connection away, because
+	// of err, and counts as down; up that it receives again, and whether
+	// messages may be missing.
+	down func(err error)
+	up   func(gap bool)
+}
+
 // subscriber owns the subscription connection of one shard.
 //
 // Each connection is a generation: a fresh goredis.PubSub subscribed to
@@ -38,10 +60,8 @@ var errProbeLost = errors.New("probe did not come back")
 // built; go-redis's own reconnect is never relied on, so every confirmation
 // and message is known to belong to the current connection.
 type subscriber struct {
-	b      *Backplane
-	shard  int
-	prefix string // Redis channel prefix of the shard
-	probeC string // this node's probe channel on the shard
+	cfg    subscriberConfig
+	probeC string // cfg.probeChannel
 
 	mu   sync.Mutex
 	want map[string]struct{} // Redis channels this shard holds
@@ -65,12 +85,9 @@ type subscriber struct {
 	// when publishing it failed; zero before either.
 	probeToken string
 	probeSent  time.Time
-	// last is, in ModeStreams, the position of each held channel in its
-	// log: the last entry delivered, or where the log ended on Subscribe.
-	last    map[string]position
-	lastErr error
-	closed  bool
-	kill    chan struct{} // closed to end the current generation
+	lastErr    error
+	closed     bool
+	kill       chan struct{} // closed to end the current generation
 }
 
 // waiter is one Subscribe call waiting for its channels' confirmations.
@@ -80,25 +97,20 @@ type waiter struct {
 	err     error
 }
 
-func newSubscriber(b *Backplane, shard int) *subscriber {
-	prefix := b.shardPrefix(shard)
+func newSubscriber(cfg subscriberConfig) *subscriber {
 	return &subscriber{
-		b:          b,
-		shard:      shard,
-		prefix:     prefix,
-		probeC:     prefix + "probe:" + b.id,
+		cfg:        cfg,
+		probeC:     cfg.probeChannel,
 		want:       make(map[string]struct{}),
 		waiters:    make(map[string][]*waiter),
 		unsubSent:  make(map[string]uint64),
 		unsubAcked: make(map[string]uint64),
-		last:       make(map[string]position),
 		kill:       make(chan struct{}),
 	}
 }
 
 // run builds generations until the backplane closes.
 func (s *subscriber) run() {
-	defer s.b.wg.Done()
 	backoff := minBackoff
 	for {
 		ps, kill, err := s.connect()
@@ -126,7 +138,7 @@ func (s *subscriber) run() {
 		}
 		t := time.NewTimer(backoff)
 		select {
-		case <-s.b.ctx.Done():
+		case <-s.cfg.ctx.Done():
 			t.Stop()
 			s.endGeneration(nil)
 			return
@@ -141,15 +153,16 @@ func (s *subscriber) run() {
 // every confirmation before it, marks the generation up.
 func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
 	var ps *goredis.PubSub
-	if s.b.sharded {
-		ps = s.b.busClient.SSubscribe(s.b.ctx)
+	ctx := s.cfg.ctx
+	if s.cfg.sharded {
+		ps = s.cfg.client.SSubscribe(ctx)
 	} else {
-		ps = s.b.busClient.Subscribe(s.b.ctx)
+		ps = s.cfg.client.Subscribe(ctx)
 	}
 	// Subscribing to the probe channel dials, outside the lock so that
 	// Subscribe calls never wait for a dial. With a cluster, the first
 	// channel picks the node: the master of the shard's slot.
-	if err := s.send(s.b.ctx, ps, "subscribe", []string{s.probeC}); err != nil {
+	if err := s.send(ctx, ps, "subscribe", []string{s.probeC}); err != nil {
 		_ = ps.Close()
 		return nil, nil, err
 	}
@@ -165,13 +178,13 @@ func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
 	}
 	for len(names) > 0 {
 		n := min(len(names), subscribeChunk)
-		if err := s.send(s.b.ctx, ps, "subscribe", names[:n]); err != nil {
+		if err := s.send(ctx, ps, "subscribe", names[:n]); err != nil {
 			_ = ps.Close()
 			return nil, nil, err
 		}
 		names = names[n:]
 	}
-	if err := ps.Ping(s.b.ctx, upMarker); err != nil {
+	if err := ps.Ping(ctx, upMarker); err != nil {
 		_ = ps.Close()
 		return nil, nil, err
 	}
@@ -195,11 +208,11 @@ func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
 // send writes a (S)SUBSCRIBE or (S)UNSUBSCRIBE command for names.
 func (s *subscriber) send(ctx context.Context, ps *goredis.PubSub, op string, names []string) error {
 	switch {
-	case op == "subscribe" && s.b.sharded:
+	case op == "subscribe" && s.cfg.sharded:
 		return ps.SSubscribe(ctx, names...)
 	case op == "subscribe":
 		return ps.Subscribe(ctx, names...)
-	case s.b.sharded:
+	case s.cfg.sharded:
 		return ps.SUnsubscribe(ctx, names...)
 	default:
 		return ps.Unsubscribe(ctx, names...)
@@ -209,7 +222,7 @@ func (s *subscriber) send(ctx context.Context, ps *goredis.PubSub, op string, na
 // receive reads the generation's messages until it fails or is killed.
 func (s *subscriber) receive(ps *goredis.PubSub, kill chan struct{}) error {
 	for {
-		m, err := ps.Receive(s.b.ctx)
+		m, err := ps.Receive(s.cfg.ctx)
 		if err != nil {
 			select {
 			case <-kill:
@@ -233,6 +246,7 @@ func (s *subscriber) receive(ps *goredis.PubSub, kill chan struct{}) error {
 	}
 }
 
+// onMessage handles a message of the current generation.
 func (s *subscriber) onMessage(m *goredis.Message) {
 	s.mu.Lock()
 	if m.Channel == s.probeC {
@@ -243,34 +257,14 @@ func (s *subscriber) onMessage(m *goredis.Message) {
 		return
 	}
 	_, ok := s.want[m.Channel]
-	// A wake-up that comes before a reconnected generation has caught up
-	// is dropped: the catch-up, which reads the logs after it, delivers
-	// its entry in order with what came before.
 	catchingUp := !s.up && s.everUp
 	s.mu.Unlock()
-	if !ok {
-		return
+	if ok {
+		s.cfg.mode.message(m.Channel, m.Payload, catchingUp)
 	}
-	if s.b.opts.Mode == ModeStreams {
-		if catchingUp {
-			return
-		}
-		epoch, id, payload, ok := splitWakeUp(m.Payload)
-		if !ok || s.b.clock.ahead(id.ms) {
-			// Not a wake-up, or one with an ID Redis cannot have made
-			// yet: published by someone else. Installed as the
-			// channel's position, a forged ID from the future would
-			// make every real message after it look like a duplicate.
-			s.b.stats.malformed.Add(1)
-			s.b.log.Debug("redis backplane: dropped a message that is not a wake-up", "channel", m.Channel)
-			return
-		}
-		s.deliverEntry(m.Channel, epoch, id, payload)
-		return
-	}
-	s.b.deliver(s, m.Channel, "", m.Payload)
 }
 
+// onSubscription handles a confirmation of the current generation.
 func (s *subscriber) onSubscription(m *goredis.Subscription) error {
 	s.mu.Lock()
 	switch m.Kind {
@@ -319,17 +313,24 @@ func (s *subscriber) onUp() {
 	s.probeSent = time.Time{}
 	wasDown, gap := s.isDown, s.everUp
 	s.mu.Unlock()
-	if s.b.opts.Mode == ModeStreams && gap {
-		// Deliver what was missed before anything live.
-		gap = s.catchUp()
-	}
+	gap = s.cfg.mode.up(gap, s.busy)
 	s.mu.Lock()
 	s.isDown = false
 	s.everUp = true
 	s.lastErr = nil
 	s.mu.Unlock()
 	if wasDown {
-		s.b.setUp(gap)
+		s.cfg.up(gap)
+	}
+}
+
+// busy restarts the clock of an outstanding probe: the receiving
+// goroutine is at work, not dead.
+func (s *subscriber) busy() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.probeSent.IsZero() {
+		s.probeSent = time.Now()
 	}
 }
 
@@ -363,7 +364,7 @@ func (w *waiter) confirm(ch string) {
 // should build another.
 func (s *subscriber) endGeneration(err error) bool {
 	s.mu.Lock()
-	closed := s.closed || s.b.ctx.Err() != nil
+	closed := s.closed || s.cfg.ctx.Err() != nil
 	s.ps = nil
 	s.up = false
 	s.probeToken, s.probeSent = "", time.Time{}
@@ -385,8 +386,7 @@ func (s *subscriber) endGeneration(err error) bool {
 	}
 	s.mu.Unlock()
 	if report {
-		s.b.stats.resubscribes.Add(1)
-		s.b.setDown(err)
+		s.cfg.down(err)
 	}
 	return !closed
 }
@@ -394,12 +394,9 @@ func (s *subscriber) endGeneration(err error) bool {
 // subscribe adds names (Redis channels of this shard) and waits for their
 // confirmation. On failure the names this call added are dropped again.
 func (s *subscriber) subscribe(ctx context.Context, names []string) error {
-	var starts map[string]position
-	if s.b.opts.Mode == ModeStreams {
-		var err error
-		if starts, err = s.startPositions(ctx, names); err != nil {
-			return err
-		}
+	hold, err := s.cfg.mode.prepare(ctx, names)
+	if err != nil {
+		return err
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -416,9 +413,7 @@ func (s *subscriber) subscribe(ctx context.Context, names []string) error {
 		if _, ok := s.want[ch]; !ok {
 			s.want[ch] = struct{}{}
 			added = append(added, ch)
-			if pos, ok := starts[ch]; ok {
-				s.last[ch] = pos
-			}
+			hold(ch)
 		}
 		w.pending[ch] = s.unsubSent[ch]
 	}
@@ -429,7 +424,6 @@ func (s *subscriber) subscribe(ctx context.Context, names []string) error {
 	}
 	// Before the first generation, its first SUBSCRIBE will carry names.
 	ps, gen := s.ps, s.gen
-	var err error
 	for i := 0; ps != nil && i < len(names) && err == nil; i += subscribeChunk {
 		err = s.send(ctx, ps, "subscribe", names[i:min(i+subscribeChunk, len(names))])
 	}
@@ -485,7 +479,7 @@ func (s *subscriber) unsubscribe(ctx context.Context, names []string) {
 			continue
 		}
 		delete(s.want, ch)
-		delete(s.last, ch)
+		s.cfg.mode.drop(ch)
 		drop = append(drop, ch)
 		// A Subscribe still waiting for ch is overtaken by this call.
 		for _, w := range s.waiters[ch] {
@@ -539,7 +533,7 @@ func (s *subscriber) probe(now time.Time) {
 		return
 	}
 	if s.probeToken != "" {
-		if !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.b.opts.ProbeTimeout {
+		if !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.cfg.probeTimeout {
 			s.kickLocked(s.gen)
 		}
 		s.mu.Unlock()
@@ -553,12 +547,10 @@ func (s *subscriber) probe(now time.Time) {
 	s.probeToken = token
 	gen := s.gen
 	s.mu.Unlock()
-	s.b.wg.Add(1)
-	go func() {
-		defer s.b.wg.Done()
-		ctx, cancel := context.WithTimeout(s.b.ctx, s.b.opts.ProbeInterval)
+	s.cfg.spawn(func() {
+		ctx, cancel := context.WithTimeout(s.cfg.ctx, s.cfg.probeInterval)
 		defer cancel()
-		err := s.b.pub.publish(ctx, s.probeC, "", "", []byte(token))
+		err := s.cfg.publish(ctx, s.probeC, []byte(token))
 		// The probe's clock starts when Redis took it (a busy publisher
 		// is not a dead subscription), or when publishing it failed (a
 		// link that is down both ways).
@@ -571,7 +563,7 @@ func (s *subscriber) probe(now time.Time) {
 		if s.gen == gen && s.probeToken == token && s.probeSent.IsZero() {
 			s.probeSent = at
 		}
-	}()
+	})
 }
 
 // health returns why the shard is not delivering, or nil.
@@ -584,7 +576,7 @@ func (s *subscriber) health(now time.Time) error {
 			return s.lastErr
 		}
 		return errors.New("connecting")
-	case !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.b.opts.ProbeTimeout:
+	case !s.probeSent.IsZero() && now.Sub(s.probeSent) > s.cfg.probeTimeout:
 		return errProbeLost
 	}
 	return nil

@@ -22,30 +22,31 @@ func init() {
 //
 //	redis://[user:password@]host:port[/db][?option=value&...]
 //
-// The options of this package are query parameters: mode (pubsub or
+// The backplane is a *PubSub, or a *Streams with mode=streams. The options
+// of this package are query parameters: mode (pubsub, the default, or
 // streams), prefix, probe_interval, probe_timeout (durations such as
-// 500ms), shards, pipelines, max_batch, and for streams max_len, max_age and
-// epoch_ttl. cluster=true connects to a Redis Cluster, with
-// more seed nodes given as addr=host:port parameters. Every other parameter
-// goes to go-redis (ParseURL or ParseClusterURL), for example
-// dial_timeout=2s or pool_size=20.
+// 500ms), shards, pipelines, max_batch, and, with mode=streams only,
+// max_len, max_age and epoch_ttl. cluster=true connects to a Redis
+// Cluster, with more seed nodes given as addr=host:port parameters. Every
+// other parameter goes to go-redis (ParseURL or ParseClusterURL), for
+// example dial_timeout=2s or pool_size=20.
 //
 // Open checks the connection with a PING bounded by ctx, so that a wrong
 // address or password fails at start-up.
 func Open(ctx context.Context, u *url.URL) (backplane.Backplane, error) {
-	opts, rest, cluster, err := parseQuery(u)
+	cfg, err := parseQuery(u)
 	if err != nil {
 		return nil, err
 	}
 	var client goredis.UniversalClient
-	if cluster {
-		co, err := goredis.ParseClusterURL(rest.String())
+	if cfg.cluster {
+		co, err := goredis.ParseClusterURL(cfg.rest.String())
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 		}
 		client = goredis.NewClusterClient(co)
 	} else {
-		o, err := goredis.ParseURL(rest.String())
+		o, err := goredis.ParseURL(cfg.rest.String())
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
 		}
@@ -53,23 +54,58 @@ func Open(ctx context.Context, u *url.URL) (backplane.Backplane, error) {
 	}
 	if err := client.Ping(ctx).Err(); err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("%w: ping %s: %w", backplane.ErrUnavailable, rest.Redacted(), err)
+		return nil, fmt.Errorf("%w: ping %s: %w", backplane.ErrUnavailable, cfg.rest.Redacted(), err)
 	}
-	b, err := New(client, opts)
+	if cfg.streams {
+		s, err := NewStreams(client, &cfg.opts)
+		if err != nil {
+			_ = client.Close()
+			return nil, err
+		}
+		s.ownClient = true
+		return s, nil
+	}
+	p, err := NewPubSub(client, &cfg.opts.Options)
 	if err != nil {
 		_ = client.Close()
 		return nil, err
 	}
-	b.ownClient = true
-	return b, nil
+	p.ownClient = true
+	return p, nil
 }
+
+// urlConfig is what parseQuery finds in a URL.
+type urlConfig struct {
+	streams bool           // mode=streams
+	opts    StreamsOptions // the retention fields only with streams
+	rest    *url.URL       // the URL left for go-redis
+	cluster bool           // cluster=true
+}
+
+// streamsOnly are the query parameters that only mode=streams takes.
+func streamsOnly() []string { return []string{"max_len", "max_age", "epoch_ttl"} }
 
 // parseQuery takes this package's options out of u's query and returns
 // them with the URL left for go-redis.
-func parseQuery(u *url.URL) (*Options, *url.URL, bool, error) {
+func parseQuery(u *url.URL) (urlConfig, error) {
 	q := u.Query()
-	o := &Options{Mode: Mode(q.Get("mode")), Prefix: q.Get("prefix")}
-	var cluster bool
+	var cfg urlConfig
+	switch m := q.Get("mode"); m {
+	case "", "pubsub":
+	case "streams":
+		cfg.streams = true
+	default:
+		return urlConfig{}, fmt.Errorf("%w: unknown mode %q", ErrInvalidOptions, m)
+	}
+	if !cfg.streams {
+		for _, key := range streamsOnly() {
+			if q.Has(key) {
+				return urlConfig{}, fmt.Errorf("%w: %s needs mode=streams", ErrInvalidOptions, key)
+			}
+		}
+	}
+	o := &cfg.opts
+	o.Prefix = q.Get("prefix")
 	var err error
 	take := func(key string, parse func(string) error) {
 		v := q.Get(key)
@@ -97,14 +133,20 @@ func parseQuery(u *url.URL) (*Options, *url.URL, bool, error) {
 	take("max_len", num(&o.MaxLen))
 	take("max_age", dur(&o.MaxAge))
 	take("epoch_ttl", dur(&o.EpochTTL))
-	take("cluster", func(v string) (err error) { cluster, err = strconv.ParseBool(v); return err })
+	take("cluster", func(v string) (err error) { cfg.cluster, err = strconv.ParseBool(v); return err })
 	if err != nil {
-		return nil, nil, false, err
+		return urlConfig{}, err
 	}
-	if _, err := o.withDefaults(); err != nil {
-		return nil, nil, false, err
+	if cfg.streams {
+		_, err = o.withDefaults()
+	} else {
+		_, err = o.Options.withDefaults()
+	}
+	if err != nil {
+		return urlConfig{}, err
 	}
 	rest := *u
 	rest.RawQuery = q.Encode()
-	return o, &rest, cluster, nil
+	cfg.rest = &rest
+	return cfg, nil
 }

@@ -122,7 +122,7 @@ func TestStreamsWakeUpBeforeCatchUpLosesNothing(t *testing.T) {
 	const ch = "c:race"
 	srv := redistest.Start(t)
 	proxy := newDelayProxy(t, srv.Addr(), ch, 300*time.Millisecond)
-	o := wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: time.Second}
+	o := wsredis.StreamsOptions{Options: wsredis.Options{Prefix: "t" + randomHex() + ":", ProbeInterval: time.Second}}
 	a := newStreamsNode(t, srv.Addr(), o)
 	b := newStreamsNode(t, proxy.ln.Addr().String(), o)
 	require.NoError(t, b.Subscribe(bg, ch))

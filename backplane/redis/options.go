@@ -1,0 +1,142 @@
+package redis
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// ErrInvalidOptions is returned by NewPubSub, NewStreams and Open for
+// options they cannot work with.
+var ErrInvalidOptions = errors.New("redis backplane: invalid options")
+
+// Options configure a PubSub, and the part of a Streams that works the same
+// way (see StreamsOptions). The zero value of every field selects the
+// default given in its comment.
+type Options struct {
+	// Prefix is put in front of every Redis channel name and key, so that
+	// several applications (or tests) can share one Redis. Default
+	// "wshub:". With a Redis Cluster it must not contain '{' or '}',
+	// because the backplane adds a hash tag of its own.
+	Prefix string
+
+	// ProbeInterval is how often the backplane publishes a probe to itself
+	// to check that its subscriptions still deliver. Default 1s.
+	ProbeInterval time.Duration
+
+	// ProbeTimeout is how long a probe may take to come back before the
+	// subscription is taken for dead, reported down and rebuilt. Default
+	// 3 × ProbeInterval.
+	ProbeTimeout time.Duration
+
+	// Shards is, with a Redis Cluster, the number of hash-tagged shard
+	// channel groups the node's channels are spread over. Each group is one
+	// slot and has its own subscription connection to the master that owns
+	// it, so traffic spreads over the cluster's masters. Ignored without a
+	// cluster. Default 16.
+	Shards int
+
+	// Pipelines is how many publish pipelines may be in flight at once.
+	// Concurrent Publish calls are batched into pipelines of up to MaxBatch
+	// commands, one round trip each. Default 4.
+	Pipelines int
+
+	// MaxBatch is the most commands in one publish pipeline. Default 256.
+	MaxBatch int
+
+	// Logger receives the backplane's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// StreamsOptions configure a Streams: the Options of every backplane of
+// this package, and the retention of the channels' logs, which only a
+// Streams keeps. The zero value of every field selects the default given in
+// its comment.
+type StreamsOptions struct {
+	Options
+
+	// MaxLen is how many messages each channel's log keeps at least; Redis
+	// trims in whole blocks, so a log may hold up to about 100 more.
+	// Default 1000.
+	MaxLen int
+
+	// MaxAge is how long messages are kept; a channel's log expires MaxAge
+	// after its last message. Default 5 minutes.
+	MaxAge time.Duration
+
+	// EpochTTL is how long a channel's epoch key (about 100 bytes in Redis)
+	// outlives the channel's last message or subscription. The epoch tells
+	// a log that was lost (a restart without persistence, a failover to a
+	// server without the data) from one that is still the same, so that a
+	// node or client is never told it is up to date after a loss. A node
+	// that held a channel for longer than EpochTTL without a message in it
+	// reports a gap if it is cut off and messages arrive meanwhile. At
+	// least MaxAge. Default 24 hours, or MaxAge if that is longer.
+	EpochTTL time.Duration
+}
+
+// withDefaults returns a copy of o (nil for all defaults) with every zero
+// field set to its default, or an error wrapping ErrInvalidOptions.
+func (o *Options) withDefaults() (Options, error) {
+	var c Options
+	if o != nil {
+		c = *o
+	}
+	if c.Prefix == "" {
+		c.Prefix = "wshub:"
+	}
+	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.Shards < 0 || c.Pipelines < 0 || c.MaxBatch < 0 {
+		return c, fmt.Errorf("%w: negative value", ErrInvalidOptions)
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = time.Second
+	}
+	if c.ProbeTimeout == 0 {
+		c.ProbeTimeout = 3 * c.ProbeInterval
+	}
+	if c.Shards == 0 {
+		c.Shards = 16
+	}
+	if c.Pipelines == 0 {
+		c.Pipelines = 4
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 256
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c, nil
+}
+
+// withDefaults returns a copy of o (nil for all defaults) with every zero
+// field, of the Options too, set to its default, or an error wrapping
+// ErrInvalidOptions.
+func (o *StreamsOptions) withDefaults() (StreamsOptions, error) {
+	var c StreamsOptions
+	if o != nil {
+		c = *o
+	}
+	common, err := c.Options.withDefaults()
+	if err != nil {
+		return c, err
+	}
+	c.Options = common
+	if c.MaxLen < 0 || c.MaxAge < 0 || c.EpochTTL < 0 {
+		return c, fmt.Errorf("%w: negative value", ErrInvalidOptions)
+	}
+	if c.MaxLen == 0 {
+		c.MaxLen = 1000
+	}
+	if c.MaxAge == 0 {
+		c.MaxAge = 5 * time.Minute
+	}
+	if c.EpochTTL == 0 {
+		c.EpochTTL = max(24*time.Hour, c.MaxAge)
+	}
+	if c.EpochTTL < c.MaxAge {
+		return c, fmt.Errorf("%w: EpochTTL %v is shorter than MaxAge %v", ErrInvalidOptions, c.EpochTTL, c.MaxAge)
+	}
+	return c, nil
+}

@@ -1,0 +1,145 @@
+package wshub
+
+import (
+	"fmt"
+
+	"github.com/coder/websocket"
+
+	"github.com/wshub/wshub/backplane"
+	"github.com/wshub/wshub/internal/envelope"
+)
+
+// receive is the backplane handler: it decodes an envelope and hands it to
+// the local sessions it names. It never blocks on a socket. What arrives on
+// a user's channel while a Join of that user waits for its topic's
+// subscription is held back in order (see joinGates).
+func (h *Hub) receive(m backplane.Message) {
+	if h.gates.hold(m) {
+		return
+	}
+	if f := h.handle(m); f != nil {
+		h.gates.open(m.Channel, f)
+	}
+}
+
+// handle applies one message from the backplane. For a Join that a local
+// session took part in, it returns the flush that confirms the topic's
+// subscription, which later messages on channel must wait for.
+func (h *Hub) handle(m backplane.Message) *flush {
+	channel, off := m.Channel, m.Offset
+	e, err := envelope.Decode(m.Payload)
+	if err == nil && (len(e.Payload) > h.opts.MaxMessageSize || len(e.Target) > 2*MaxNameLength) {
+		err = fmt.Errorf("payload of %d bytes or target of %d: over the hub's limits", len(e.Payload), len(e.Target))
+	}
+	if err != nil {
+		h.stats.malformed.Add(1)
+		h.log.Debug("wshub: dropped malformed backplane message", "channel", channel, "err", err)
+		return nil
+	}
+	d := delivery{msg: outMsg{typ: websocket.MessageText, data: e.Payload}, channel: channel, off: off}
+	if e.Flags&envelope.FlagBinary != 0 {
+		d.msg.typ = websocket.MessageBinary
+	}
+	switch e.Op {
+	case envelope.OpUser:
+		h.fanOut(h.reg.eachOfUser, e.Target, &d, "")
+	case envelope.OpTopic:
+		h.fanOut(h.reg.eachInTopic, e.Target, &d, e.Arg)
+	case envelope.OpSession:
+		s := h.reg.session(e.Target)
+		d.off = ""
+		if s != nil && s.deliver(&d) {
+			h.stats.delivered.Add(1)
+		}
+	case envelope.OpJoin, envelope.OpLeave:
+		if checkName(e.Arg, ErrInvalidTopic) != nil {
+			h.stats.malformed.Add(1)
+			return nil
+		}
+		return h.reg.joinUser(e.Target, e.Arg, e.Op == envelope.OpJoin)
+	case envelope.OpFlush:
+		h.mu.Lock()
+		if ch, ok := h.flushes[e.Target]; ok {
+			close(ch)
+			delete(h.flushes, e.Target)
+		}
+		h.mu.Unlock()
+	case envelope.OpDisconnect:
+		code := StatusCode(e.Code)
+		if e.Code > 4999 || !validStatus(code, e.Arg) {
+			h.stats.malformed.Add(1)
+			return nil
+		}
+		for _, s := range h.reg.userSessions(e.Target) {
+			_ = s.Close(code, e.Arg)
+		}
+	}
+	return nil
+}
+
+// fanOut queues d to every session that each lists for key (a user or a
+// topic) but the one with ID except.
+func (h *Hub) fanOut(each func(string, func(*Session)), key string, d *delivery, except string) {
+	var n uint64
+	each(key, func(s *Session) {
+		if s.id != except && s.deliver(d) {
+			n++
+		}
+	})
+	h.stats.delivered.Add(n)
+}
+
+// delivery is one message from the backplane on its way to this node's
+// sessions: the message, where it came from and, built once on first need
+// and shared by every recipient, its positions framing.
+type delivery struct {
+	msg          outMsg
+	channel, off string
+	framed       []byte
+}
+
+// framedMsg returns the message in the positions framing.
+func (d *delivery) framedMsg() outMsg {
+	if d.framed == nil {
+		d.framed = frame(head(d.off, d.channel), d.msg.data)
+	}
+	return outMsg{typ: d.msg.typ, data: d.framed}
+}
+
+// deliver queues d to s, in the positions framing if s asked for it, and
+// holds it back while s recovers d's channel.
+func (s *Session) deliver(d *delivery) bool {
+	if !s.framing.positions {
+		return s.enqueue(d.msg)
+	}
+	m, channel, off := d.framedMsg(), d.channel, d.off
+	if off != "" {
+		s.mu.Lock()
+		if rs := s.rs; rs != nil {
+			if pend, ok := rs.pending[channel]; ok {
+				o := &s.hub.opts
+				if len(pend) >= o.SendQueueLen || rs.held+len(m.data)+queuedOverhead > o.SendQueueBytes {
+					// Held back longer than the queue would hold: give
+					// the channel up rather than grow without bound.
+					rs.overflow[channel] = true
+					for _, p := range pend {
+						rs.held -= len(p.m.data) + queuedOverhead
+					}
+					rs.pending[channel] = pend[:0]
+				}
+				if !rs.overflow[channel] {
+					rs.pending[channel] = append(rs.pending[channel], pendingMsg{m, off})
+					rs.held += len(m.data) + queuedOverhead
+				}
+				s.mu.Unlock()
+				return !rs.overflow[channel]
+			}
+			if f, ok := rs.floor[channel]; ok && !backplane.OffsetAfter(off, f) {
+				s.mu.Unlock()
+				return false // recovered already
+			}
+		}
+		s.mu.Unlock()
+	}
+	return s.enqueue(m)
+}

@@ -1,0 +1,54 @@
+package wshub
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// transitionLog records what a registry reports.
+type transitionLog struct{ events []string }
+
+func (l *transitionLog) first(ch string) *flush   { l.events = append(l.events, "+"+ch); return nil }
+func (l *transitionLog) last(ch string)           { l.events = append(l.events, "-"+ch) }
+func (l *transitionLog) pending(ch string) *flush { return nil }
+
+// The registry reports a user's or topic's first session on this node and
+// its last, and nothing in between: that is what keeps the backplane's
+// interest equal to what the node holds.
+func TestRegistryReportsFirstAndLast(t *testing.T) {
+	var log transitionLog
+	r := newRegistry(&log)
+	a1 := &Session{id: "n.1", userID: "alice"}
+	a2 := &Session{id: "n.2", userID: "alice"}
+	anon := &Session{id: "n.3"}
+	for _, s := range []*Session{a1, a2, anon} {
+		_, err := r.add(s)
+		require.NoError(t, err)
+	}
+	for _, s := range []*Session{a1, a2, anon} {
+		_, _, ok := r.join(s, "room")
+		require.True(t, ok)
+	}
+	_, already, _ := r.join(a1, "room")
+	assert.True(t, already)
+	r.joinUser("alice", "other", true)
+	assert.Equal(t, []string{"+u:alice", "+t:room", "+t:other"}, log.events)
+
+	log.events = nil
+	r.leave(anon, "room")
+	r.remove(a1)
+	assert.Empty(t, log.events, "alice and the room still have a session")
+	r.joinUser("alice", "other", false)
+	r.remove(a2)
+	r.remove(a2) // twice is nothing
+	assert.Equal(t, []string{"-t:other", "-u:alice", "-t:room"}, log.events)
+	assert.Equal(t, 1, r.len())
+
+	assert.Len(t, r.close(), 1)
+	_, err := r.add(&Session{id: "n.4"})
+	assert.ErrorIs(t, err, ErrClosed)
+	_, _, ok := r.join(a1, "room")
+	assert.False(t, ok, "a removed session cannot join")
+}
