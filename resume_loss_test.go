@@ -33,10 +33,7 @@ func awayAndBack(t *testing.T, srv *redistest.Server, age time.Duration, lose fu
 	t.Helper()
 	c := streamsNodes(t, srv, 2, wsredis.StreamsOptions{})
 	a, b := c.nodes[0], c.nodes[1]
-	first := dialResume(t, a, "alice")
-	require.NoError(t, b.hub.Send(bg, "alice", Text("seen")))
-	head, p := first.nextFramed()
-	require.Equal(t, "seen", p)
+	first, head := seenOnce(t, c)
 	require.NoError(t, first.conn.Close(websocket.StatusNormalClosure, ""))
 	require.Eventually(t, func() bool { return len(a.sessions("alice")) == 0 }, waitFor, time.Millisecond)
 	time.Sleep(age) // how old her position is when the log is lost
@@ -67,6 +64,18 @@ func awayAndBack(t *testing.T, srv *redistest.Server, age time.Duration, lose fu
 		}
 		got = append(got, p)
 	}
+}
+
+// seenOnce connects alice to c's first node with the positions framing and
+// has the second node send her one message, "seen"; it returns her client
+// and the head of that message.
+func seenOnce(t *testing.T, c *cluster) (*client, string) {
+	t.Helper()
+	first := dialResume(t, c.nodes[0], "alice")
+	require.NoError(t, c.nodes[1].hub.Send(bg, "alice", Text("seen")))
+	head, p := first.nextFramed()
+	require.Equal(t, "seen", p)
+	return first, head
 }
 
 func TestResumeAfterTheLogWasLostIsNotRecovered(t *testing.T) {
@@ -121,9 +130,7 @@ func TestResumeAfterARestartWithPersistenceRecoversAll(t *testing.T) {
 func TestResumeFromTheFutureIsNotRecoveredAndSilencesNothing(t *testing.T) {
 	c := logNodes(t, 2, 1000)
 	a, b := c.nodes[0], c.nodes[1]
-	first := dialResume(t, a, "alice")
-	require.NoError(t, b.hub.Send(bg, "alice", Text("seen")))
-	head, _ := first.nextFramed()
+	_, head := seenOnce(t, c)
 	off, ch, _ := strings.Cut(head, " ")
 	epoch, _ := backplane.SplitOffset(off)
 	// A position in the memory backplane's form, far after the log's end.
@@ -145,9 +152,7 @@ func TestResumeFromTheFutureIsNotRecoveredAndSilencesNothing(t *testing.T) {
 func TestResumeAfterTheMemoryLogWasDroppedIsNotRecovered(t *testing.T) {
 	c := logNodes(t, 2, 1000)
 	a, b := c.nodes[0], c.nodes[1]
-	first := dialResume(t, a, "alice")
-	require.NoError(t, b.hub.Send(bg, "alice", Text("seen")))
-	head, _ := first.nextFramed()
+	first, head := seenOnce(t, c)
 	require.NoError(t, first.conn.Close(websocket.StatusNormalClosure, ""))
 	require.Eventually(t, func() bool { return len(a.sessions("alice")) == 0 }, waitFor, time.Millisecond)
 	for i := 0; i < 5; i++ {

@@ -41,13 +41,7 @@ func newLogPeer(t *testing.T, bus *memory.Bus, name string, channels ...string) 
 // next returns the next message p receives.
 func (p *logPeer) next(t *testing.T) backplane.Message {
 	t.Helper()
-	select {
-	case m := <-p.msgs:
-		return m
-	case <-time.After(waitTimeout):
-		require.FailNow(t, "no message", "node %s received nothing within %v", p.Name(), waitTimeout)
-		return backplane.Message{}
-	}
+	return receive(t, p.msgs, p.Name(), "message")
 }
 
 // publishN publishes "0".."k-1" from p on channel and returns what the

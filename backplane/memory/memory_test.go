@@ -65,24 +65,26 @@ func (p *peer) handle(m backplane.Message) {
 // next returns the next message p receives.
 func (p *peer) next(t *testing.T) message {
 	t.Helper()
-	select {
-	case m := <-p.msgs:
-		return m
-	case <-time.After(waitTimeout):
-		require.FailNow(t, "no message", "node %s received nothing within %v", p.Name(), waitTimeout)
-		return message{}
-	}
+	return receive(t, p.msgs, p.Name(), "message")
 }
 
 // nextEvent returns the next event reported to p.
 func (p *peer) nextEvent(t *testing.T) backplane.Event {
 	t.Helper()
+	return receive(t, p.events, p.Name(), "event")
+}
+
+// receive returns the next value from c, failing the test if none comes
+// within waitTimeout.
+func receive[T any](t *testing.T, c <-chan T, node, what string) T {
+	t.Helper()
 	select {
-	case ev := <-p.events:
-		return ev
+	case v := <-c:
+		return v
 	case <-time.After(waitTimeout):
-		require.FailNow(t, "no event", "node %s got no event within %v", p.Name(), waitTimeout)
-		return backplane.Event{}
+		require.FailNow(t, "no "+what, "node %s got no %s within %v", node, what, waitTimeout)
+		var zero T
+		return zero
 	}
 }
 
