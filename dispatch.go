@@ -42,9 +42,9 @@ func (h *Hub) handle(m backplane.Message) *flush {
 	}
 	switch e.Op {
 	case envelope.OpUser:
-		h.fanOut(h.reg.eachOfUser, e.Target, &d, "")
+		h.stats.delivered.Add(h.reg.deliver(h.reg.users, e.Target, &d, ""))
 	case envelope.OpTopic:
-		h.fanOut(h.reg.eachInTopic, e.Target, &d, e.Arg)
+		h.stats.delivered.Add(h.reg.deliver(h.reg.topics, e.Target, &d, e.Arg))
 	case envelope.OpSession:
 		s := h.reg.session(e.Target)
 		d.off = ""
@@ -75,18 +75,6 @@ func (h *Hub) handle(m backplane.Message) *flush {
 		}
 	}
 	return nil
-}
-
-// fanOut queues d to every session that each lists for key (a user or a
-// topic) but the one with ID except.
-func (h *Hub) fanOut(each func(string, func(*Session)), key string, d *delivery, except string) {
-	var n uint64
-	each(key, func(s *Session) {
-		if s.id != except && s.deliver(d) {
-			n++
-		}
-	})
-	h.stats.delivered.Add(n)
 }
 
 // delivery is one message from the backplane on its way to this node's
@@ -131,8 +119,9 @@ func (s *Session) deliver(d *delivery) bool {
 					rs.pending[channel] = append(rs.pending[channel], pendingMsg{m, off})
 					rs.held += len(m.data) + queuedOverhead
 				}
+				held := !rs.overflow[channel]
 				s.mu.Unlock()
-				return !rs.overflow[channel]
+				return held
 			}
 			if f, ok := rs.floor[channel]; ok && !backplane.OffsetAfter(off, f) {
 				s.mu.Unlock()

@@ -82,9 +82,7 @@ func TestFloodingClientIsBackPressured(t *testing.T) {
 		t.Cleanup(func() { _ = m.conn.CloseNow(); <-done })
 	}
 	require.Eventually(t, func() bool {
-		in := 0
-		n.hub.reg.eachInTopic("room", func(*Session) { in++ })
-		return in == members
+		return n.hub.reg.count(n.hub.reg.topics, "room") == members
 	}, waitFor, time.Millisecond)
 	c.waitJoined("member0", "room", true)
 	good := make([]*client, behaved)

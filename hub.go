@@ -271,8 +271,9 @@ func (h *Hub) Disconnect(ctx context.Context, userID string, code StatusCode, re
 // flushInbox publishes a marker to this node's own inbox and waits for it, or
 // for ctx or WriteTimeout, so that what this node published before Close and
 // the backplane still holds reaches local sessions before they close. It is
-// exact on backplanes that keep one order across a node's channels (memory,
-// Redis pub/sub) and best effort on others.
+// exact on backplanes that deliver a node's channels in one order (memory,
+// one Redis in either mode, outside a Streams catch-up) and best effort on
+// others (a Redis Cluster).
 func (h *Hub) flushInbox(ctx context.Context) {
 	token := strconv.FormatUint(h.seq.Add(1), 36)
 	arrived := make(chan struct{})
@@ -327,7 +328,10 @@ func (h *Hub) onBackplaneEvent(e backplane.Event) {
 // Health reports whether the hub can deliver across the cluster now, for a
 // readiness check. It returns ErrClosed once the hub is closing, the
 // backplane's error when the backplane implements backplane.Checker and is
-// not delivering (wrapping backplane.ErrUnavailable), and nil otherwise.
+// not delivering (wrapping backplane.ErrUnavailable), and nil otherwise. A
+// hub that has never served a session holds no subscription, so on a
+// backplane that checks its subscription connections (a Redis Cluster opens
+// one per shard in use) it may report nil before it has anything to check.
 func (h *Hub) Health() error {
 	if h.isClosed() {
 		return ErrClosed
@@ -353,8 +357,9 @@ func (h *Hub) Health() error {
 // carries reaches its local sessions before they close: Close sends a marker
 // through the node's own inbox and waits for it (within WriteTimeout). That
 // is exact on the memory backplane and on one Redis in either mode, which
-// deliver a node's channels in one order, and best effort on a Redis
-// Cluster, whose shards do not.
+// deliver a node's channels in one order (except while a Streams node
+// catches up after an outage), and best effort on a Redis Cluster, whose
+// shards do not.
 //
 // http.Server.Shutdown does not wait for hijacked connections such as
 // WebSockets: call Hub.Close first, then Shutdown, then close a backplane you
@@ -370,8 +375,11 @@ func (h *Hub) shutdown(ctx context.Context) error {
 	h.mu.Lock()
 	h.closed = true
 	h.mu.Unlock()
+	// The registry refuses new sessions from now on but keeps its own,
+	// which the flush must still reach.
+	sessions := h.reg.close()
 	h.flushInbox(ctx)
-	for _, s := range h.reg.close() {
+	for _, s := range sessions {
 		_ = s.Close(StatusGoingAway, "server shutting down")
 	}
 

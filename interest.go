@@ -33,6 +33,8 @@ type interest struct {
 	cancel context.CancelFunc
 }
 
+var _ transitions = (*interest)(nil)
+
 type chanState struct {
 	wanted     bool // the node holds the channel
 	subscribed bool // as of the last completed backplane call
@@ -78,9 +80,6 @@ func (im *interest) first(channel string) *flush {
 	st.wanted = true
 	return im.readyLocked(channel, st)
 }
-
-// pending is ready, for the registry.
-func (im *interest) pending(channel string) *flush { return im.ready(channel) }
 
 // ready returns nil when channel is subscribed, or the flush to wait for.
 func (im *interest) ready(channel string) *flush {

@@ -131,7 +131,7 @@ func TestInterestFirstAndLast(t *testing.T) {
 	defer im.close()
 
 	require.NoError(t, im.first("x").wait(bg))
-	require.Nil(t, im.pending("x"), "a subscribed channel needs no wait")
+	require.Nil(t, im.ready("x"), "a subscribed channel needs no wait")
 	assert.True(t, bp.has("x"))
 	im.last("x")
 	require.Eventually(t, func() bool { return !bp.has("x") }, waitFor, 1e6)

@@ -583,3 +583,46 @@ func TestInvalidHandshakesCostNothing(t *testing.T) {
 	defer h.interest.mu.Unlock()
 	assert.Nil(t, h.interest.chans[userPrefix+"u"], "an invalid handshake subscribed the user")
 }
+
+// An upgrade that was already past the closed check when Close began (its
+// Authenticate still running) is refused with 503 once it gets to register,
+// even while Close waits for its flush, and OnConnect never sees it.
+func TestUpgradeInFlightWhenCloseBeginsIsRefused(t *testing.T) {
+	entered, release := make(chan struct{}, 2), make(chan struct{})
+	var connects atomic.Int32
+	c := newCluster(t, 1, func(i int, o *Options) {
+		o.Authenticate = func(r *http.Request) (string, error) {
+			if r.URL.Query().Get("user") == "late" {
+				entered <- struct{}{}
+				<-release
+			}
+			return userFromQuery(r)
+		}
+		o.OnConnect = func(context.Context, *Session) error { connects.Add(1); return nil }
+	})
+	n := c.nodes[0]
+	dial(t, n, "u") // the inbox is subscribed, so Close has a flush to wait for
+	require.NoError(t, c.bus.SetDelay("node0", 2*time.Second))
+
+	status := make(chan int, 1)
+	go func() {
+		_, resp, err := websocket.Dial(bg, wsURL(n.srv)+"/ws?user=late", nil)
+		if err == nil || resp == nil {
+			status <- 0
+			return
+		}
+		status <- resp.StatusCode
+	}()
+	<-entered
+	closed := make(chan error, 1)
+	go func() { closed <- n.hub.Close(bg) }()
+	require.Eventually(t, func() bool {
+		n.hub.mu.RLock()
+		defer n.hub.mu.RUnlock()
+		return len(n.hub.flushes) > 0
+	}, waitFor, time.Millisecond, "Close did not start its flush")
+	close(release)
+	assert.Equal(t, http.StatusServiceUnavailable, <-status)
+	require.NoError(t, <-closed)
+	assert.EqualValues(t, 1, connects.Load(), "OnConnect ran for the first session only")
+}

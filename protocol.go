@@ -91,7 +91,7 @@ const recordHead = 5
 var errBadResume = errors.New("wshub: bad resume parameters")
 
 // framing is what a connection asked for with the parameters above, read
-// once from its upgrade request.
+// once from its upgrade request: its framing, and what it resumes.
 type framing struct {
 	positions bool              // PositionsParam, or implied by SinceParam
 	packed    bool              // BatchParam

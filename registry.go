@@ -8,12 +8,12 @@ import (
 // transitions is told when a backplane channel gains its first holder on
 // this node and when it loses its last one. The registry calls it under its
 // own lock, so it sees every transition in order; it must not block. first
-// and pending return the flush that confirms the channel's subscription,
+// and ready return the flush that confirms the channel's subscription,
 // or nil when it is confirmed.
 type transitions interface {
 	first(channel string) *flush
 	last(channel string)
-	pending(channel string) *flush // for a channel that already has holders
+	ready(channel string) *flush // for a channel that already has holders
 }
 
 // registry indexes this node's sessions by ID, by user and by topic, under
@@ -62,7 +62,7 @@ func (r *registry) add(s *Session) (*flush, error) {
 	if len(set) == 1 {
 		return r.on.first(userPrefix + s.userID), nil
 	}
-	return r.on.pending(userPrefix + s.userID), nil
+	return r.on.ready(userPrefix + s.userID), nil
 }
 
 // remove unregisters s and takes it out of every topic. It is safe to call
@@ -101,7 +101,7 @@ func (r *registry) join(s *Session, topic string) (f *flush, already, ok bool) {
 
 func (r *registry) joinLocked(s *Session, topic string) (f *flush, already bool) {
 	if _, ok := s.topics[topic]; ok {
-		return r.on.pending(topicPrefix + topic), true
+		return r.on.ready(topicPrefix + topic), true
 	}
 	if s.topics == nil {
 		s.topics = make(map[string]struct{})
@@ -116,7 +116,7 @@ func (r *registry) joinLocked(s *Session, topic string) (f *flush, already bool)
 	if len(set) == 1 {
 		return r.on.first(topicPrefix + topic), false
 	}
-	return r.on.pending(topicPrefix + topic), false
+	return r.on.ready(topicPrefix + topic), false
 }
 
 // leave removes s from topic; leaving a topic s is not in does nothing.
@@ -174,23 +174,27 @@ func (r *registry) userSessions(user string) []*Session {
 	return list
 }
 
-// eachOfUser calls fn for every session of user, and eachInTopic for every
-// session in topic, under the read lock: fn must not block or call back
-// into the registry.
-func (r *registry) eachOfUser(user string, fn func(*Session)) {
+// deliver queues d to every session of index[key] (index is r.users or
+// r.topics) but the one with ID except, under the read lock, and returns
+// how many took it. It is the fan-out, written out rather than with a
+// callback so that it allocates nothing per message.
+func (r *registry) deliver(index map[string]map[*Session]struct{}, key string, d *delivery, except string) uint64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for s := range r.users[user] {
-		fn(s)
+	var n uint64
+	for s := range index[key] {
+		if s.id != except && s.deliver(d) {
+			n++
+		}
 	}
+	return n
 }
 
-func (r *registry) eachInTopic(topic string, fn func(*Session)) {
+// count returns how many sessions index[key] holds.
+func (r *registry) count(index map[string]map[*Session]struct{}, key string) int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for s := range r.topics[topic] {
-		fn(s)
-	}
+	return len(index[key])
 }
 
 // topicsOf returns the topics s is in, sorted.

@@ -10,9 +10,9 @@ import (
 // transitionLog records what a registry reports.
 type transitionLog struct{ events []string }
 
-func (l *transitionLog) first(ch string) *flush   { l.events = append(l.events, "+"+ch); return nil }
-func (l *transitionLog) last(ch string)           { l.events = append(l.events, "-"+ch) }
-func (l *transitionLog) pending(ch string) *flush { return nil }
+func (l *transitionLog) first(ch string) *flush { l.events = append(l.events, "+"+ch); return nil }
+func (l *transitionLog) last(ch string)         { l.events = append(l.events, "-"+ch) }
+func (l *transitionLog) ready(ch string) *flush { return nil }
 
 // The registry reports a user's or topic's first session on this node and
 // its last, and nothing in between: that is what keeps the backplane's

@@ -69,6 +69,7 @@ func (q *sendQueue) push(m outMsg) bool {
 			dropped++
 		}
 		q.dropped.Add(dropped)
+		q.signal() // what was dropped may leave room for a larger waiter
 	}
 	q.msgs = append(q.msgs, m)
 	q.bytes += len(m.data) + queuedOverhead

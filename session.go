@@ -397,11 +397,6 @@ func (s *Session) ping() {
 // progress is bounded by the write deadline, and fails by itself).
 func (s *Session) pingAndWait() error {
 	timeout := s.hub.opts.WriteTimeout
-	if s.cork == nil {
-		ctx, cancel := context.WithTimeout(s.ctx, timeout)
-		defer cancel()
-		return s.conn.Ping(ctx)
-	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	done := make(chan error, 1)

@@ -49,9 +49,8 @@
 // it that outlives it (StreamsOptions.EpochTTL). A log lost with its epoch
 // key (a restart without persistence, FLUSHALL, a failover to a server
 // without the data, eviction) comes back with a new epoch, so a node or
-// client whose
-// position is in the old one is told of a gap, or gets ErrNotRetained, and
-// never that it is up to date. No loss needs Redis persistence
+// client whose position is in the old one is told of a gap, or gets
+// ErrNotRetained, and never that it is up to date. No loss needs Redis persistence
 // (appendonly) and maxmemory-policy noeviction. A wake-up that is not one,
 // or whose entry ID is ahead of the Redis clock, is dropped and counted in
 // StreamsStats.Malformed.
@@ -101,6 +100,5 @@
 // # Ownership
 //
 // A backplane never closes a client given to NewPubSub or NewStreams. One
-// opened from a URL
-// owns its client and closes it in Close.
+// opened from a URL owns its client and closes it in Close.
 package redis
