@@ -58,19 +58,27 @@ func (q *sendQueue) full(n int) bool {
 // close.
 func (q *sendQueue) push(m outMsg) bool {
 	if q.full(len(m.data)) {
-		if q.policy == SlowClose {
-			return false
-		}
-		var dropped uint64
-		for q.full(len(m.data)) {
-			q.bytes -= len(q.msgs[0].data) + queuedOverhead
-			q.msgs[0] = outMsg{}
-			q.msgs = q.msgs[1:]
-			dropped++
-		}
-		q.dropped.Add(dropped)
-		q.signal() // what was dropped may leave room for a larger waiter
+		return q.pushFull(m)
 	}
+	q.msgs = append(q.msgs, m)
+	q.bytes += len(m.data) + queuedOverhead
+	return true
+}
+
+// pushFull is push's slow path, for a full queue.
+func (q *sendQueue) pushFull(m outMsg) bool {
+	if q.policy == SlowClose {
+		return false
+	}
+	var dropped uint64
+	for q.full(len(m.data)) {
+		q.bytes -= len(q.msgs[0].data) + queuedOverhead
+		q.msgs[0] = outMsg{}
+		q.msgs = q.msgs[1:]
+		dropped++
+	}
+	q.dropped.Add(dropped)
+	q.signal() // what was dropped may leave room for a larger waiter
 	q.msgs = append(q.msgs, m)
 	q.bytes += len(m.data) + queuedOverhead
 	return true
