@@ -318,11 +318,7 @@ func TestSendAfterCloseBeganIsRefused(t *testing.T) {
 	require.NoError(t, c.bus.SetDelay("node0", 2*time.Second)) // the marker takes a while
 	closed := make(chan error, 1)
 	go func() { closed <- n.hub.Close(bg) }()
-	require.Eventually(t, func() bool {
-		n.hub.mu.RLock()
-		defer n.hub.mu.RUnlock()
-		return len(n.hub.flushes) > 0
-	}, waitFor, time.Millisecond, "Close did not start its flush")
+	waitFlushing(t, n)
 	assert.ErrorIs(t, n.hub.Send(bg, "u", Text("after Close began")), ErrClosed)
 	require.NoError(t, <-closed)
 }
@@ -616,13 +612,19 @@ func TestUpgradeInFlightWhenCloseBeginsIsRefused(t *testing.T) {
 	<-entered
 	closed := make(chan error, 1)
 	go func() { closed <- n.hub.Close(bg) }()
+	waitFlushing(t, n)
+	close(release)
+	assert.Equal(t, http.StatusServiceUnavailable, <-status)
+	require.NoError(t, <-closed)
+	assert.EqualValues(t, 1, connects.Load(), "OnConnect ran for the first session only")
+}
+
+// waitFlushing waits until n's Close has started its flush.
+func waitFlushing(t *testing.T, n *node) {
+	t.Helper()
 	require.Eventually(t, func() bool {
 		n.hub.mu.RLock()
 		defer n.hub.mu.RUnlock()
 		return len(n.hub.flushes) > 0
 	}, waitFor, time.Millisecond, "Close did not start its flush")
-	close(release)
-	assert.Equal(t, http.StatusServiceUnavailable, <-status)
-	require.NoError(t, <-closed)
-	assert.EqualValues(t, 1, connects.Load(), "OnConnect ran for the first session only")
 }

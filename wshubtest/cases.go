@@ -103,15 +103,11 @@ func testSendReachesEveryNodeOfTheUserAndNobodyElse(t *testing.T, e *env) {
 	bobA := c.Dial(t, 0, "bob")
 	carolC := c.Dial(t, 2, "carol")
 
-	require.NoError(t, c.Hub(2).Send(bg, "alice", wshub.Text("hello alice")))
-	assert.Equal(t, "hello alice", aliceA.NextText())
-	assert.Equal(t, "hello alice", aliceB.NextText())
+	sendAndRead(t, c.Cluster, 2, "alice", "hello alice", aliceA, aliceB)
 
 	// bob and carol get the marker first: the message to alice never reached them.
 	require.NoError(t, c.Hub(2).Send(bg, "bob", wshub.Text("marker")))
-	require.NoError(t, c.Hub(2).Send(bg, "carol", wshub.Text("marker")))
-	assert.Equal(t, "marker", bobA.NextText())
-	assert.Equal(t, "marker", carolC.NextText())
+	sendAndRead(t, c.Cluster, 2, "carol", "marker", bobA, carolC)
 
 	// A user with no session anywhere is not an error.
 	require.NoError(t, c.Hub(0).Send(bg, "nobody", wshub.Text("x")))
@@ -230,9 +226,7 @@ func testClusterJoinAndLeaveFromAnotherNode(t *testing.T, e *env) {
 	// What is sent to alice after the Join follows it: once she has the
 	// notice, every node of hers is in the topic.
 	require.NoError(t, c.Hub(2).Join(bg, "alice", "news"))
-	require.NoError(t, c.Hub(2).Send(bg, "alice", wshub.Text("joined")))
-	assert.Equal(t, "joined", aliceA.NextText())
-	assert.Equal(t, "joined", aliceB.NextText())
+	sendAndRead(t, c.Cluster, 2, "alice", "joined", aliceA, aliceB)
 	require.NoError(t, c.Hub(2).Broadcast(bg, "news", wshub.Text("headline")))
 	assert.Equal(t, "headline", aliceA.NextText())
 	assert.Equal(t, "headline", aliceB.NextText())
@@ -242,13 +236,9 @@ func testClusterJoinAndLeaveFromAnotherNode(t *testing.T, e *env) {
 	// The same for Leave: after the notice no node delivers the topic to
 	// alice, and node0, which held the topic for her alone, stops hearing it.
 	require.NoError(t, c.Hub(2).Leave(bg, "alice", "news"))
-	require.NoError(t, c.Hub(2).Send(bg, "alice", wshub.Text("left")))
-	assert.Equal(t, "left", aliceA.NextText())
-	assert.Equal(t, "left", aliceB.NextText())
+	sendAndRead(t, c.Cluster, 2, "alice", "left", aliceA, aliceB)
 	require.NoError(t, c.Hub(2).Broadcast(bg, "news", wshub.Text("missed")))
-	require.NoError(t, c.Hub(2).Send(bg, "alice", wshub.Text("marker")))
-	assert.Equal(t, "marker", aliceA.NextText())
-	assert.Equal(t, "marker", aliceB.NextText())
+	sendAndRead(t, c.Cluster, 2, "alice", "marker", aliceA, aliceB)
 	c.stopsHearing(t, 0, 2, "news", "alice", aliceA, aliceB)
 }
 
@@ -469,4 +459,14 @@ func testCutNodeReportsDownAndRecovers(t *testing.T, e *env) {
 	assert.Equal(t, "after heal", cl.NextText())
 	st := c.Hub(1).Stats()
 	assert.GreaterOrEqual(t, st.BackplaneDowns, uint64(1))
+}
+
+// sendAndRead sends text to user from node i's hub and checks that each of
+// clients gets it as its next message.
+func sendAndRead(t *testing.T, c *Cluster, i int, user, text string, clients ...*Client) {
+	t.Helper()
+	require.NoError(t, c.Hub(i).Send(bg, user, wshub.Text(text)))
+	for _, cl := range clients {
+		assert.Equal(t, text, cl.NextText())
+	}
 }
