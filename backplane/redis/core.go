@@ -180,6 +180,7 @@ func (c *core) Publish(ctx context.Context, channel string, payload []byte) erro
 	}
 	shard := c.shard(channel)
 	if err := c.shardDown(shard); err != nil {
+		c.stats.publishErrors.Add(1)
 		return err
 	}
 	pre := c.shardPrefix(shard)
