@@ -45,6 +45,9 @@ var (
 	// normally 1013), or a write to it made no progress for WriteTimeout.
 	// Both are counted in Stats.SlowClosed.
 	ErrSlowClient = errors.New("wshub: slow client")
+	// ErrLimit is wrapped in the error of a call refused by Options.Limits
+	// (Session.Join past Limits.TopicsPerSession, say).
+	ErrLimit = errors.New("wshub: limit reached")
 )
 
 // StatusCode is a WebSocket close status code (RFC 6455, section 7.4).

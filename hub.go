@@ -64,6 +64,8 @@ type counters struct {
 	accepted, received, delivered, dropped, slowClosed atomic.Uint64
 	malformed, backplaneDown, backplaneGaps            atomic.Uint64
 	writeTimeouts                                      atomic.Uint64
+	refused, topicsRefused, rateDelayed, rateClosed    atomic.Uint64
+	invalidText, forged                                atomic.Uint64
 }
 
 // Stats are counters of one hub since it started.
@@ -78,6 +80,12 @@ type Stats struct {
 	Malformed      uint64 // backplane messages that did not decode, dropped
 	BackplaneDowns uint64 // times the backplane reported its link down
 	BackplaneGaps  uint64 // times it came back with messages possibly lost
+	Refused        uint64 // upgrades refused by Limits.SessionsPerUser or Limits.Sessions
+	TopicsRefused  uint64 // joins refused by Limits.TopicsPerSession
+	RateDelayed    uint64 // times a client's reads waited for its rate limits (RateDelay)
+	RateClosed     uint64 // sessions closed for exceeding their rate limits (RateClose)
+	InvalidText    uint64 // sessions closed with 1007 for a text message that is not UTF-8
+	Forged         uint64 // backplane messages dropped for a missing or wrong signature (SigningKeys)
 }
 
 // New returns a hub configured by opts, which may be nil for all defaults. It
@@ -135,6 +143,12 @@ func (h *Hub) Stats() Stats {
 		Malformed:      h.stats.malformed.Load(),
 		BackplaneDowns: h.stats.backplaneDown.Load(),
 		BackplaneGaps:  h.stats.backplaneGaps.Load(),
+		Refused:        h.stats.refused.Load(),
+		TopicsRefused:  h.stats.topicsRefused.Load(),
+		RateDelayed:    h.stats.rateDelayed.Load(),
+		RateClosed:     h.stats.rateClosed.Load(),
+		InvalidText:    h.stats.invalidText.Load(),
+		Forged:         h.stats.forged.Load(),
 	}
 }
 

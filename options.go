@@ -156,6 +156,21 @@ type Options struct {
 	// answers 503. Default: 10s.
 	SubscribeTimeout time.Duration
 
+	// Limits bound what one client, one user and the whole node may take.
+	// See Limits for each bound and its default.
+	Limits Limits
+
+	// SigningKeys, when set, make the hub sign every envelope it
+	// publishes (HMAC-SHA256 with the first key) and drop, count
+	// (Stats.Forged) and log what arrives from the backplane without a
+	// valid signature by any of the keys, so that access to the shared
+	// Redis alone cannot steer delivery. Every node of a cluster must have
+	// the same keys; rotate by adding the new key last everywhere, then
+	// moving it first, then removing the old one. Each key must be at least
+	// 16 bytes. Default: none (envelopes are not signed; restrict Redis
+	// access with ACLs instead, see the README's production checklist).
+	SigningKeys [][]byte
+
 	// Logger receives the hub's logs. Default: slog.Default(). Routine events
 	// are logged at Debug level.
 	Logger *slog.Logger
@@ -181,6 +196,16 @@ func (o *Options) withDefaults() (Options, error) {
 		return c, fmt.Errorf("%w: NodeID %q: at most %d bytes, no '.'", ErrInvalidOptions, c.NodeID, MaxNameLength)
 	}
 	setDefault(&c.ReadLimit, 64<<10)
+	c.SigningKeys = append([][]byte(nil), c.SigningKeys...)
+	for i, k := range c.SigningKeys {
+		if len(k) < 16 {
+			return c, fmt.Errorf("%w: SigningKeys[%d] is %d bytes, at least 16", ErrInvalidOptions, i, len(k))
+		}
+	}
+	var err error
+	if c.Limits, err = c.Limits.withDefaults(c.ReadLimit); err != nil {
+		return c, err
+	}
 	setDefault(&c.MaxMessageSize, 1<<20)
 	setDefault(&c.SendQueueBytes, max(4<<20, c.MaxMessageSize))
 	setDefault(&c.SendQueueLen, max(1, c.SendQueueBytes/queuedOverhead))
