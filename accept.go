@@ -19,12 +19,16 @@ import (
 // ServeHTTP authenticates the request, upgrades it to a WebSocket and serves
 // the session until it ends. Before any upgrade it answers 401 when
 // Options.Authenticate fails, 403 for a refused origin, 400 for resume
-// parameters it cannot use (see SinceParam, ClientParam), 503 once the hub is
-// closing or when the backplane cannot confirm the user's subscription in
-// time, 500 when Authenticate returns an over-long user ID or OnConnect
-// panics, 501 when the ResponseWriter cannot hijack the connection, and what
-// the websocket library answers to a request that is not a valid handshake
-// (400, 405, 426).
+// parameters it cannot use (see SinceParam, ClientParam), 429 Too Many
+// Requests when the user already has Limits.SessionsPerUser sessions on this
+// node, 503 when the node already has Limits.Sessions sessions (both with a
+// Retry-After header of Limits.RetryAfter in whole seconds, and counted in
+// Stats.Refused), 503 also once the hub is closing or when the backplane
+// cannot confirm the user's subscription in time, 500 when Authenticate
+// returns an over-long user ID or OnConnect panics, 501 when the
+// ResponseWriter cannot hijack the connection, and what the websocket
+// library answers to a request that is not a valid handshake (400, 405,
+// 426).
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	if h.closed {
@@ -43,8 +47,11 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	cw := &corkingWriter{ResponseWriter: w}
-	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{OriginPatterns: h.opts.AllowedOrigins})
+	cw := &corkingWriter{ResponseWriter: w, guard: s.newReadGuard()}
+	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
+		OriginPatterns: h.opts.AllowedOrigins,
+		OnPingReceived: s.onPing,
+	})
 	if err != nil {
 		h.log.Warn("wshub: upgrade failed", "remote", r.RemoteAddr, "err", err)
 		s.abandon()
@@ -92,6 +99,15 @@ func (h *Hub) prepare(w http.ResponseWriter, r *http.Request) (*Session, int, er
 	if err := h.register(r.Context(), s); err != nil {
 		s.cancel()
 		s.stopHubLink()
+		if errors.Is(err, ErrLimit) {
+			h.stats.refused.Add(1)
+			h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "user", userID, "err", err)
+			w.Header().Set("Retry-After", h.opts.Limits.retryAfterSeconds())
+			if errors.Is(err, errUserSessions) {
+				return nil, http.StatusTooManyRequests, err
+			}
+			return nil, http.StatusServiceUnavailable, err
+		}
 		h.log.Warn("wshub: cannot register session", "err", err)
 		return nil, http.StatusServiceUnavailable, errors.New("wshub: backplane unavailable")
 	}
@@ -195,16 +211,17 @@ func headerHasToken(h http.Header, name, token string) bool {
 
 // register adds s to the indexes and waits until the backplane delivers the
 // user's channel and this node's inbox, so that a Send made once the client's
-// handshake completes reaches it.
+// handshake completes reaches it. A session the registry refuses (a limit,
+// or a closing hub) leaves nothing behind: no interest, not even the inbox's.
 func (h *Hub) register(ctx context.Context, s *Session) error {
-	h.inboxOnce.Do(func() {
-		h.interest.first(h.inbox)
-		h.inboxWanted.Store(true)
-	})
 	userReady, err := h.reg.add(s)
 	if err != nil {
 		return err
 	}
+	h.inboxOnce.Do(func() {
+		h.interest.first(h.inbox)
+		h.inboxWanted.Store(true)
+	})
 
 	ctx, cancel := context.WithTimeout(ctx, h.opts.SubscribeTimeout)
 	defer cancel()
@@ -222,10 +239,12 @@ func (h *Hub) register(ctx context.Context, s *Session) error {
 }
 
 // corkingWriter wraps the ResponseWriter handed to websocket.Accept so that
-// the hijacked connection, which the library writes to, is a corkConn.
+// the hijacked connection, which the library writes to, is a corkConn, and,
+// with a guard, is read through that readGuard.
 type corkingWriter struct {
 	http.ResponseWriter
-	conn *corkConn
+	conn  *corkConn
+	guard *readGuard // nil: reads go straight to the socket
 }
 
 // Hijack implements http.Hijacker, finding the server's Hijacker through
@@ -237,7 +256,13 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	w.conn = &corkConn{Conn: nc}
 	brw.Writer.Reset(w.conn)
-	return w.conn, brw, nil
+	if w.guard == nil {
+		return w.conn, brw, nil
+	}
+	// Every byte the client sent, including what the server buffered
+	// past the request, goes through the guard.
+	w.guard.attach(brw.Reader, nc)
+	return guardedConn{corkConn: w.conn, g: w.guard}, brw, nil
 }
 
 // Unwrap returns the wrapped ResponseWriter, for http.ResponseController.

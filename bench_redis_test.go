@@ -24,7 +24,13 @@ import (
 // node B. Each payload carries its send time; the clients record the
 // latency from Send to arrival. It reports messages per second, p50 and
 // p99 latency in milliseconds, and messages lost.
-func BenchmarkRedisSend(b *testing.B) {
+func BenchmarkRedisSend(b *testing.B) { benchRedisSendModes(b) }
+
+// BenchmarkRedisSendSigned is BenchmarkRedisSend with SigningKeys on both
+// nodes: one signature per Send, one verification per delivery.
+func BenchmarkRedisSendSigned(b *testing.B) { benchRedisSendModes(b, signKey1) }
+
+func benchRedisSendModes(b *testing.B, keys ...[]byte) {
 	srv := redistest.Start(b)
 	for _, m := range []struct {
 		mode string
@@ -32,13 +38,13 @@ func BenchmarkRedisSend(b *testing.B) {
 	}{{"pubsub", redisPubSub(wsredis.Options{})}, {"streams", redisStreams(wsredis.StreamsOptions{})}} {
 		for _, callers := range []int{1, 16} {
 			b.Run(fmt.Sprintf("mode=%s/callers=%d", m.mode, callers), func(b *testing.B) {
-				benchRedisSend(b, srv.Addr(), m.mk, callers)
+				benchRedisSend(b, srv.Addr(), m.mk, callers, keys)
 			})
 		}
 	}
 }
 
-func benchRedisSend(b *testing.B, addr string, mk redisBackplane, callers int) {
+func benchRedisSend(b *testing.B, addr string, mk redisBackplane, callers int, keys [][]byte) {
 	const users = 100
 	prefix := "bench-" + randomHex() + ":"
 	hubs := make([]*Hub, 2)
@@ -49,7 +55,7 @@ func benchRedisSend(b *testing.B, addr string, mk redisBackplane, callers int) {
 			b.Fatal(err)
 		}
 		h, err := New(&Options{Backplane: bp, Logger: quiet, SendQueueLen: 1 << 16,
-			Authenticate: userFromQuery})
+			Authenticate: userFromQuery, SigningKeys: keys})
 		if err != nil {
 			b.Fatal(err)
 		}

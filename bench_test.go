@@ -18,9 +18,10 @@ import (
 )
 
 // benchHub returns a hub with n sessions in topic "t" that have no socket,
-// so that only the hub's own fan-out work is measured.
-func benchHub(b *testing.B, n int) (*Hub, []*Session) {
-	h, err := New(&Options{Logger: quiet, SendQueueLen: 1 << 20, SendQueueBytes: 1 << 30})
+// so that only the hub's own fan-out work is measured. With keys, the hub
+// signs and verifies with them (Options.SigningKeys).
+func benchHub(b *testing.B, n int, keys ...[]byte) (*Hub, []*Session) {
+	h, err := New(&Options{Logger: quiet, SendQueueLen: 1 << 20, SendQueueBytes: 1 << 30, SigningKeys: keys})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -57,9 +58,15 @@ func resetQueues(sessions []*Session) {
 // BenchmarkFanOut measures a broadcast received from the backplane and
 // queued to 1,000 local sessions: decode once, then one queue append per
 // recipient, with no allocation per recipient.
-func BenchmarkFanOut(b *testing.B) {
-	h, sessions := benchHub(b, 1000)
-	payload := (&envelope.Envelope{Op: envelope.OpTopic, Target: "t", Payload: make([]byte, 64)}).Encode()
+func BenchmarkFanOut(b *testing.B) { benchFanOut(b) }
+
+// BenchmarkFanOutSigned is BenchmarkFanOut with SigningKeys: the
+// signature is verified once per broadcast, whatever the recipients.
+func BenchmarkFanOutSigned(b *testing.B) { benchFanOut(b, signKey1) }
+
+func benchFanOut(b *testing.B, keys ...[]byte) {
+	h, sessions := benchHub(b, 1000, keys...)
+	payload := h.encode("t:t", &envelope.Envelope{Op: envelope.OpTopic, Target: "t", Payload: make([]byte, 64)})
 	for i := 0; i < 256; i++ { // grow the queues once, outside the measurement
 		h.receive(backplane.Message{Channel: "t:t", Payload: payload})
 	}
@@ -79,8 +86,14 @@ func BenchmarkFanOut(b *testing.B) {
 
 // BenchmarkSendLocalUser measures Send to a user on this node through the
 // memory backplane, up to the session's queue.
-func BenchmarkSendLocalUser(b *testing.B) {
-	h, sessions := benchHub(b, 1)
+func BenchmarkSendLocalUser(b *testing.B) { benchSendLocalUser(b) }
+
+// BenchmarkSendLocalUserSigned is BenchmarkSendLocalUser with SigningKeys:
+// one signature and one verification per message.
+func BenchmarkSendLocalUserSigned(b *testing.B) { benchSendLocalUser(b, signKey1) }
+
+func benchSendLocalUser(b *testing.B, keys ...[]byte) {
+	h, sessions := benchHub(b, 1, keys...)
 	msg := Text(strings.Repeat("x", 64))
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -1,6 +1,7 @@
 package wshub
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/coder/websocket"
@@ -14,26 +15,49 @@ import (
 // a user's channel while a Join of that user waits for its topic's
 // subscription is held back in order (see joinGates).
 func (h *Hub) receive(m backplane.Message) {
-	if h.gates.hold(m) {
-		return
+	if h.gates.holding(m.Channel) {
+		// Only what verifies may take room behind a Join: forged
+		// messages must not be able to end the wait early.
+		if h.signer != nil {
+			if _, err := h.decode(m.Channel, m.Payload); err != nil {
+				h.dropUndecodable(m.Channel, err)
+				return
+			}
+		}
+		if h.gates.hold(m) {
+			return
+		}
 	}
 	if f := h.handle(m); f != nil {
 		h.gates.open(m.Channel, f)
 	}
 }
 
-// handle applies one message from the backplane. For a Join that a local
-// session took part in, it returns the flush that confirms the topic's
-// subscription, which later messages on channel must wait for.
+// dropUndecodable counts and drops a backplane message that failed
+// verification (forged) or did not decode or exceeds the hub's limits
+// (malformed).
+func (h *Hub) dropUndecodable(channel string, err error) {
+	if errors.Is(err, envelope.ErrForged) {
+		h.dropForged(channel, err)
+		return
+	}
+	h.stats.malformed.Add(1)
+	h.log.Debug("wshub: dropped malformed backplane message", "channel", channel, "err", err)
+}
+
+// handle applies one message from the backplane, once its signature is
+// verified when the hub has SigningKeys (once per message, whatever the
+// number of recipients). For a Join that a local session took part in, it
+// returns the flush that confirms the topic's subscription, which later
+// messages on channel must wait for.
 func (h *Hub) handle(m backplane.Message) *flush {
 	channel, off := m.Channel, m.Offset
-	e, err := envelope.Decode(m.Payload)
+	e, err := h.decode(channel, m.Payload)
 	if err == nil && (len(e.Payload) > h.opts.MaxMessageSize || len(e.Target) > 2*MaxNameLength) {
-		err = fmt.Errorf("payload of %d bytes or target of %d: over the hub's limits", len(e.Payload), len(e.Target))
+		err = fmt.Errorf("%w: payload of %d bytes or target of %d: over the hub's limits", envelope.ErrMalformed, len(e.Payload), len(e.Target))
 	}
 	if err != nil {
-		h.stats.malformed.Add(1)
-		h.log.Debug("wshub: dropped malformed backplane message", "channel", channel, "err", err)
+		h.dropUndecodable(channel, err)
 		return nil
 	}
 	d := delivery{msg: outMsg{typ: websocket.MessageText, data: e.Payload}, channel: channel, off: off}

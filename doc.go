@@ -64,6 +64,22 @@
 // out of with Except. Control operations (Join, Leave, Disconnect) are never
 // replayed.
 //
+// # Trust model
+//
+// A hub obeys what arrives on its backplane channels: by default, anyone who
+// can publish there (on Redis, any client allowed to PUBLISH on the prefix)
+// can deliver any message to any user, disconnect users and join them to
+// topics. Restrict the nodes' Redis user to the hub's prefix with ACLs (for
+// example &wshub:* channels and ~wshub:* keys) and keep everyone else out.
+// On top of that, Options.SigningKeys makes every node sign what it
+// publishes (HMAC-SHA256 over the channel and the envelope) and drop, count
+// (Stats.Forged) and log what does not verify, so that Redis access alone
+// no longer steers delivery. Signatures do not hide anything: whoever can
+// read the channels reads the messages. Nor do they stop replays: a signed
+// message published again on its own channel verifies again (moving it to
+// another channel does not). ACLs are the complement that keeps an
+// attacker from reading and publishing in the first place.
+//
 // # Sessions and slow clients
 //
 // Each session has a bounded send queue (Options.SendQueueLen and

@@ -48,6 +48,17 @@ var (
 	// ErrLimit is wrapped in the error of a call refused by Options.Limits
 	// (Session.Join past Limits.TopicsPerSession, say).
 	ErrLimit = errors.New("wshub: limit reached")
+	// ErrRateLimit is wrapped in the error Options.OnDisconnect receives
+	// for a session closed, under RateClose, for sending faster than
+	// Limits.FramesPerSecond or Limits.BytesPerSecond allow (status 1008,
+	// counted in Stats.RateClosed); CloseStatus gives the close
+	// handshake's status.
+	ErrRateLimit = errors.New("wshub: rate limit exceeded")
+	// ErrInvalidText is wrapped in the error Options.OnDisconnect receives
+	// for a session closed with status 1007 because its client sent a
+	// text message that is not valid UTF-8 (counted in
+	// Stats.InvalidText); OnMessage never sees that message.
+	ErrInvalidText = errors.New("wshub: invalid UTF-8 in a text message")
 )
 
 // StatusCode is a WebSocket close status code (RFC 6455, section 7.4).
@@ -63,6 +74,11 @@ const (
 	StatusInternalError   StatusCode = 1011
 	StatusTryAgainLater   StatusCode = 1013
 )
+
+// StatusInvalidFramePayloadData (1007) is the status a session is closed
+// with when its client sends a text message that is not valid UTF-8 (RFC
+// 6455, section 8.1).
+const StatusInvalidFramePayloadData StatusCode = 1007
 
 // validStatus reports whether a server may send code with reason.
 func validStatus(code StatusCode, reason string) bool {

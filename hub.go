@@ -58,6 +58,13 @@ type Hub struct {
 	closeErr  error
 	seq       atomic.Uint64
 	stats     counters
+
+	// signer signs what the hub publishes and verifies what it receives,
+	// with Options.SigningKeys; nil without keys.
+	signer *envelope.Signer
+	// forgedLogged is when the hub last logged a forged message, in Unix
+	// nanoseconds.
+	forgedLogged atomic.Int64
 }
 
 type counters struct {
@@ -101,6 +108,7 @@ func New(opts *Options) (*Hub, error) {
 		bp:      o.Backplane,
 		inbox:   nodePrefix + o.NodeID,
 		flushes: make(map[string]chan struct{}),
+		signer:  envelope.NewSigner(o.SigningKeys),
 	}
 	if h.bp == nil {
 		node, err := memory.NewBus().NewNode(o.NodeID)
@@ -122,7 +130,7 @@ func New(opts *Options) (*Hub, error) {
 	h.ctx, h.cancel = context.WithCancel(context.Background())
 	h.gates.h = h
 	h.interest = newInterest(h.bp, h.log, o.SubscribeTimeout)
-	h.reg = newRegistry(h.interest)
+	h.reg = newRegistry(h.interest, o.Limits, &h.stats.topicsRefused)
 	return h, nil
 }
 
@@ -152,12 +160,13 @@ func (h *Hub) Stats() Stats {
 	}
 }
 
-// publish encodes e once and hands it to the backplane.
+// publish encodes e once, signed for channel when the hub has SigningKeys,
+// and hands it to the backplane.
 func (h *Hub) publish(ctx context.Context, channel string, e *envelope.Envelope) error {
 	if h.isClosed() {
 		return ErrClosed
 	}
-	if err := h.bp.Publish(ctx, channel, e.Encode()); err != nil {
+	if err := h.bp.Publish(ctx, channel, h.encode(channel, e)); err != nil {
 		return fmt.Errorf("wshub: publish to %q: %w", channel, err)
 	}
 	return nil
@@ -308,7 +317,7 @@ func (h *Hub) flushInbox(ctx context.Context) {
 		return // the marker could not come back: nothing to wait for
 	}
 	e := envelope.Envelope{Op: envelope.OpFlush, Target: token}
-	if err := h.bp.Publish(ctx, h.inbox, e.Encode()); err != nil {
+	if err := h.bp.Publish(ctx, h.inbox, h.encode(h.inbox, &e)); err != nil {
 		h.log.Debug("wshub: flush before close failed", "err", err)
 		return
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wshub/wshub/backplane"
 	wsredis "github.com/wshub/wshub/backplane/redis"
+	"github.com/wshub/wshub/internal/envelope"
 	"github.com/wshub/wshub/internal/redistest"
 )
 
@@ -99,4 +100,48 @@ func (b *blockableSubscribe) Subscribe(ctx context.Context, channels ...string) 
 		}
 	}
 	return b.Backplane.Subscribe(ctx, channels...)
+}
+
+// Forged messages that arrive while a Join waits for its subscription are
+// dropped before they take room behind it, so they cannot end the wait
+// early and break the Join's ordering.
+func TestForgedMessagesCannotEndAJoinWait(t *testing.T) {
+	keys := [][]byte{[]byte("0123456789abcdef0123456789abcdef")}
+	stuck := &blockableSubscribe{block: make(chan struct{})}
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(stuck.block)
+		}
+	}
+	defer release()
+	c := newCluster(t, 2, func(i int, o *Options) {
+		o.SigningKeys = keys
+		o.SubscribeTimeout = time.Hour
+		if i == 1 {
+			stuck.Backplane = o.Backplane
+			o.Backplane = stuck
+		}
+	})
+	a, b := c.nodes[0], c.nodes[1]
+	bob := dial(t, b, "bob")
+	stuck.blocked.Store(true)
+	require.NoError(t, a.hub.Join(bg, "bob", "room"))
+	require.Eventually(t, func() bool { return b.hub.gates.holding(userPrefix + "bob") }, waitFor, time.Millisecond)
+
+	outsider, err := c.bus.NewNode("outsider")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = outsider.Close() })
+	forged := (&envelope.Envelope{Op: envelope.OpUser, Target: "bob", Payload: []byte("forged")}).Encode()
+	n := gateMessages + 10
+	for i := 0; i < n; i++ {
+		require.NoError(t, outsider.Publish(bg, userPrefix+"bob", forged))
+	}
+	require.Eventually(t, func() bool { return b.hub.Stats().Forged == uint64(n) }, waitFor, time.Millisecond)
+	require.True(t, b.hub.gates.holding(userPrefix+"bob"), "the Join still waits for its subscription")
+
+	require.NoError(t, a.hub.Send(bg, "bob", Text("after")))
+	release()
+	require.Equal(t, "after", bob.nextText(), "nothing forged reached bob")
 }

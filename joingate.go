@@ -44,6 +44,16 @@ type gate struct {
 	full     bool
 }
 
+// holding reports whether channel's messages are held back now.
+func (g *joinGates) holding(channel string) bool {
+	if g.waiting.Load() == 0 || !strings.HasPrefix(channel, userPrefix) {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.gates[channel] != nil
+}
+
 // hold queues a message behind a waiting Join, and reports
 // whether it did.
 func (g *joinGates) hold(m backplane.Message) bool {

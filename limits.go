@@ -2,6 +2,8 @@ package wshub
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 	"time"
 )
 
@@ -25,22 +27,30 @@ type Limits struct {
 
 	// TopicsPerSession bounds the topics one session is in. Session.Join
 	// past it returns an error wrapping ErrLimit; a cluster-wide Hub.Join
-	// skips that session and counts it in Stats.TopicsRefused. Default:
-	// 1024.
+	// skips that session. Both count in Stats.TopicsRefused. Joining a
+	// topic the session is already in is never refused. Default: 1024.
 	TopicsPerSession int
 
 	// FramesPerSecond and FrameBurst bound the WebSocket frames a client
-	// sends, as a token bucket: every frame counts, data, continuation and
-	// control (ping, pong, close) alike, so that ping floods and floods of
-	// empty fragments are bounded as much as messages are. Defaults: 200
-	// frames a second, bursts of 400.
+	// sends, as a token bucket of each session: every frame counts, data,
+	// continuation and control (ping, pong, close) alike, so that ping
+	// floods and floods of empty fragments, which the websocket library
+	// handles on its own and OnMessage never sees, are bounded as much as
+	// messages are. Frames are counted on the connection's bytes as the
+	// hub reads them, below the library, so what a client sent while the
+	// hub was not reading (OnMessage was busy, say) counts as a burst. A
+	// negative value of either turns the frame bucket off. Defaults: 200
+	// frames a second, bursts of 400, far above what a chat or game client
+	// sends (60 messages a second and pings are never delayed).
 	FramesPerSecond float64
 	FrameBurst      int
 
 	// BytesPerSecond and ByteBurst bound the bytes a client sends, frame
-	// headers included, as a token bucket. ByteBurst must be at least
-	// Options.ReadLimit. Defaults: 1 MiB a second, bursts of 4 MiB (or
-	// ReadLimit plus 14 bytes of header, if larger).
+	// headers included, as a token bucket of each session, charged as the
+	// hub reads them. ByteBurst must be at least Options.ReadLimit. A
+	// negative value of either turns the byte bucket off. Defaults: 1 MiB a
+	// second, bursts of 4 MiB (or ReadLimit plus 14 bytes of header, if
+	// larger).
 	BytesPerSecond float64
 	ByteBurst      int
 
@@ -61,11 +71,18 @@ type RatePolicy int
 const (
 	// RateDelay stops reading from the client until its token buckets
 	// refill, so that TCP slows the client down. Nothing is lost and a
-	// well-behaved client never notices; a flooder only floods itself.
-	// Every delay is counted in Stats.RateDelayed.
+	// well-behaved client never notices; a flooder only floods itself:
+	// its messages reach OnMessage, and its pings are answered, no faster
+	// than its limits allow. Every delay is counted in Stats.RateDelayed.
+	// A session that sends its close frame, or ends, stops waiting.
 	RateDelay RatePolicy = iota
-	// RateClose closes the client with status 1008 (policy violation),
-	// counted in Stats.RateClosed.
+	// RateClose closes the client with status 1008 (policy violation) and
+	// reason "rate limit exceeded", after what is queued for it, counted
+	// in Stats.RateClosed; OnDisconnect's error wraps ErrRateLimit. From
+	// the first frame past the limits on, nothing the client sends reaches
+	// OnMessage, and until the close frame goes out the client is delayed
+	// as under RateDelay (not counted); then it is read freely, so that
+	// its answer to the close completes the handshake.
 	RateClose
 )
 
@@ -85,6 +102,8 @@ func (l Limits) withDefaults(readLimit int64) (Limits, error) {
 	setDefault(&l.ByteBurst, max(4<<20, int(readLimit)+14))
 	setDefault(&l.RetryAfter, 5*time.Second)
 	switch {
+	case math.IsNaN(l.FramesPerSecond) || math.IsNaN(l.BytesPerSecond):
+		return l, fmt.Errorf("%w: Limits.FramesPerSecond or BytesPerSecond is NaN", ErrInvalidOptions)
 	case l.RatePolicy != RateDelay && l.RatePolicy != RateClose:
 		return l, fmt.Errorf("%w: Limits.RatePolicy %d", ErrInvalidOptions, l.RatePolicy)
 	case l.ByteBurst > 0 && l.BytesPerSecond > 0 && int64(l.ByteBurst) < readLimit:
@@ -93,4 +112,10 @@ func (l Limits) withDefaults(readLimit int64) (Limits, error) {
 		return l, fmt.Errorf("%w: Limits.RetryAfter %v < 0", ErrInvalidOptions, l.RetryAfter)
 	}
 	return l, nil
+}
+
+// retryAfterSeconds returns RetryAfter as the value of a Retry-After header:
+// whole seconds, rounded up, and at least 1.
+func (l Limits) retryAfterSeconds() string {
+	return strconv.FormatInt(max(1, int64((l.RetryAfter+time.Second-1)/time.Second)), 10)
 }

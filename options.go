@@ -67,7 +67,11 @@ type Options struct {
 
 	// OnMessage is called for each message the client sends, one at a time
 	// per session, in order; the next message is read after it returns. ctx
-	// is the session's context. m.Data is the caller's to keep.
+	// is the session's context. m.Data is the caller's to keep. A text
+	// message that is not valid UTF-8 never reaches it: the session is
+	// closed with 1007 instead (see ErrInvalidText). Nor does what a
+	// client sends once it is closed for breaking its rate limits (see
+	// RateClose).
 	OnMessage func(ctx context.Context, s *Session, m Message)
 
 	// OnDisconnect is called once when a session has ended and its
@@ -161,14 +165,21 @@ type Options struct {
 	Limits Limits
 
 	// SigningKeys, when set, make the hub sign every envelope it
-	// publishes (HMAC-SHA256 with the first key) and drop, count
-	// (Stats.Forged) and log what arrives from the backplane without a
-	// valid signature by any of the keys, so that access to the shared
-	// Redis alone cannot steer delivery. Every node of a cluster must have
-	// the same keys; rotate by adding the new key last everywhere, then
-	// moving it first, then removing the old one. Each key must be at least
-	// 16 bytes. Default: none (envelopes are not signed; restrict Redis
-	// access with ACLs instead, see the README's production checklist).
+	// publishes (HMAC-SHA256 with the first key, over the channel and the
+	// envelope) and drop, count (Stats.Forged) and log (at Warn, at most
+	// once a second) what arrives from the backplane, or is read from its
+	// log for a resume, without a valid signature by any of the keys, so
+	// that access to the shared Redis alone cannot steer delivery. A
+	// signed message cannot be moved to another channel, but can be
+	// published again on its own: replays are not detected (see the
+	// package doc's trust model). Every node of a cluster must have the
+	// same keys; a hub without keys counts signed envelopes in
+	// Stats.Malformed. Rotate by adding the new key last everywhere, then
+	// moving it first, then removing the old one: every key is tried on
+	// each message received, so each extra key costs one more HMAC. Each
+	// key must be at least 16 bytes; the hub keeps its own copy. Default:
+	// none (envelopes are not signed; restrict Redis access with ACLs
+	// instead, see the README's production checklist).
 	SigningKeys [][]byte
 
 	// Logger receives the hub's logs. Default: slog.Default(). Routine events

@@ -56,8 +56,8 @@ func TestPositionsFramingIsSharedByRecipients(t *testing.T) {
 		s.framing.positions = true
 		_, err := h.reg.add(s)
 		require.NoError(t, err)
-		_, _, ok := h.reg.join(s, "room")
-		require.True(t, ok)
+		_, _, err = h.reg.join(s, "room")
+		require.NoError(t, err)
 		sessions = append(sessions, s)
 		t.Cleanup(func() { h.reg.remove(s); s.cancel(); s.stopHubLink() })
 	}

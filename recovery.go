@@ -123,9 +123,14 @@ func (s *Session) recover(log backplane.Log, ch, off string) (bool, string) {
 }
 
 // recovered turns a log entry into the message the client should get: data
-// messages only, never control operations such as Disconnect.
+// messages only, never control operations such as Disconnect, and with
+// SigningKeys only those signed for ch.
 func (s *Session) recovered(ch string, e backplane.Entry) (outMsg, bool) {
-	env, err := envelope.Decode(e.Payload)
+	env, err := s.hub.decode(ch, e.Payload)
+	if errors.Is(err, envelope.ErrForged) {
+		s.hub.dropForged(ch, err)
+		return outMsg{}, false
+	}
 	if err != nil || (env.Op != envelope.OpUser && env.Op != envelope.OpTopic) {
 		return outMsg{}, false
 	}

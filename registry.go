@@ -1,8 +1,17 @@
 package wshub
 
 import (
+	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
+)
+
+// The errors of an add refused by a session limit; ServeHTTP tells them
+// apart to answer 429 or 503. Both wrap ErrLimit.
+var (
+	errUserSessions = fmt.Errorf("%w: Limits.SessionsPerUser", ErrLimit)
+	errNodeSessions = fmt.Errorf("%w: Limits.Sessions", ErrLimit)
 )
 
 // transitions is told when a backplane channel gains its first holder on
@@ -20,8 +29,16 @@ type transitions interface {
 // a lock of its own. Adding and removing sessions and topics reports the
 // first and last holder of each user and topic channel to on, which keeps
 // the backplane's interest equal to what the node holds.
+//
+// It enforces the session and topic limits of Options.Limits under the same
+// lock as the insert they bound, so that concurrent upgrades or joins cannot
+// together exceed them.
 type registry struct {
 	on transitions
+
+	// The limits; a bound that is not positive is no bound.
+	perUser, perNode, perSession int
+	topicsRefused                *atomic.Uint64 // the hub's counter
 
 	mu       sync.RWMutex
 	closed   bool
@@ -31,29 +48,45 @@ type registry struct {
 	// Every Session's topics set is guarded by mu too.
 }
 
-func newRegistry(on transitions) *registry {
+// newRegistry returns a registry that reports to on and enforces the
+// session and topic limits of l (with its defaults filled in), counting the
+// joins it refuses in topicsRefused.
+func newRegistry(on transitions, l Limits, topicsRefused *atomic.Uint64) *registry {
 	return &registry{
-		on:       on,
-		sessions: make(map[string]*Session),
-		users:    make(map[string]map[*Session]struct{}),
-		topics:   make(map[string]map[*Session]struct{}),
+		on:            on,
+		perUser:       l.SessionsPerUser,
+		perNode:       l.Sessions,
+		perSession:    l.TopicsPerSession,
+		topicsRefused: topicsRefused,
+		sessions:      make(map[string]*Session),
+		users:         make(map[string]map[*Session]struct{}),
+		topics:        make(map[string]map[*Session]struct{}),
 	}
 }
 
 // add registers s. It returns the flush that confirms the subscription of
-// s's user channel (nil when there is nothing to wait for), or ErrClosed
-// once the registry is closed.
+// s's user channel (nil when there is nothing to wait for), ErrClosed once
+// the registry is closed, or, leaving everything as it was, errNodeSessions
+// when the node holds Limits.Sessions sessions and errUserSessions when s's
+// user holds Limits.SessionsPerUser (anonymous sessions have no user
+// limit).
 func (r *registry) add(s *Session) (*flush, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return nil, ErrClosed
 	}
+	if r.perNode > 0 && len(r.sessions) >= r.perNode {
+		return nil, errNodeSessions
+	}
+	set := r.users[s.userID]
+	if s.userID != "" && r.perUser > 0 && len(set) >= r.perUser {
+		return nil, errUserSessions
+	}
 	r.sessions[s.id] = s
 	if s.userID == "" {
 		return nil, nil
 	}
-	set := r.users[s.userID]
 	if set == nil {
 		set = make(map[*Session]struct{})
 		r.users[s.userID] = set
@@ -87,21 +120,32 @@ func (r *registry) remove(s *Session) {
 	}
 }
 
-// join adds s to topic. It reports whether s is registered, whether it was
-// already in topic, and the flush that confirms the topic's subscription.
-func (r *registry) join(s *Session, topic string) (f *flush, already, ok bool) {
+// join adds s to topic. It returns the flush that confirms the topic's
+// subscription and whether s was already in topic, or ErrSessionClosed when
+// s is not registered, or an error wrapping ErrLimit when s is in
+// Limits.TopicsPerSession other topics.
+func (r *registry) join(s *Session, topic string) (f *flush, already bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.sessions[s.id] != s {
-		return nil, false, false
+		return nil, false, ErrSessionClosed
 	}
-	f, already = r.joinLocked(s, topic)
-	return f, already, true
+	f, already, full := r.joinLocked(s, topic)
+	if full {
+		return nil, false, fmt.Errorf("wshub: join %q: %w: Limits.TopicsPerSession (%d)", topic, ErrLimit, r.perSession)
+	}
+	return f, already, nil
 }
 
-func (r *registry) joinLocked(s *Session, topic string) (f *flush, already bool) {
+// joinLocked adds s to topic, unless s is in Limits.TopicsPerSession topics
+// already, which it counts and reports as full.
+func (r *registry) joinLocked(s *Session, topic string) (f *flush, already, full bool) {
 	if _, ok := s.topics[topic]; ok {
-		return r.on.ready(topicPrefix + topic), true
+		return r.on.ready(topicPrefix + topic), true, false
+	}
+	if r.perSession > 0 && len(s.topics) >= r.perSession {
+		r.topicsRefused.Add(1)
+		return nil, false, true
 	}
 	if s.topics == nil {
 		s.topics = make(map[string]struct{})
@@ -114,9 +158,9 @@ func (r *registry) joinLocked(s *Session, topic string) (f *flush, already bool)
 	}
 	set[s] = struct{}{}
 	if len(set) == 1 {
-		return r.on.first(topicPrefix + topic), false
+		return r.on.first(topicPrefix + topic), false, false
 	}
-	return r.on.ready(topicPrefix + topic), false
+	return r.on.ready(topicPrefix + topic), false, false
 }
 
 // leave removes s from topic; leaving a topic s is not in does nothing.
@@ -141,7 +185,8 @@ func (r *registry) leaveLocked(s *Session, topic string) {
 
 // joinUser adds every session of user to topic, or removes them from it
 // (join false), and returns the flush that confirms the topic's
-// subscription, if a session joined and there is one to wait for.
+// subscription, if a session joined and there is one to wait for. Sessions
+// at Limits.TopicsPerSession are skipped, and counted.
 func (r *registry) joinUser(user, topic string, join bool) *flush {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -149,7 +194,7 @@ func (r *registry) joinUser(user, topic string, join bool) *flush {
 	for s := range r.users[user] {
 		if !join {
 			r.leaveLocked(s, topic)
-		} else if g, _ := r.joinLocked(s, topic); g != nil {
+		} else if g, _, _ := r.joinLocked(s, topic); g != nil {
 			f = g
 		}
 	}

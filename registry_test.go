@@ -1,6 +1,7 @@
 package wshub
 
 import (
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -19,7 +20,7 @@ func (l *transitionLog) ready(ch string) *flush { return nil }
 // interest equal to what the node holds.
 func TestRegistryReportsFirstAndLast(t *testing.T) {
 	var log transitionLog
-	r := newRegistry(&log)
+	r := newRegistry(&log, Limits{}, new(atomic.Uint64))
 	a1 := &Session{id: "n.1", userID: "alice"}
 	a2 := &Session{id: "n.2", userID: "alice"}
 	anon := &Session{id: "n.3"}
@@ -28,8 +29,8 @@ func TestRegistryReportsFirstAndLast(t *testing.T) {
 		require.NoError(t, err)
 	}
 	for _, s := range []*Session{a1, a2, anon} {
-		_, _, ok := r.join(s, "room")
-		require.True(t, ok)
+		_, _, err := r.join(s, "room")
+		require.NoError(t, err)
 	}
 	_, already, _ := r.join(a1, "room")
 	assert.True(t, already)
@@ -49,6 +50,6 @@ func TestRegistryReportsFirstAndLast(t *testing.T) {
 	assert.Len(t, r.close(), 1)
 	_, err := r.add(&Session{id: "n.4"})
 	assert.ErrorIs(t, err, ErrClosed)
-	_, _, ok := r.join(a1, "room")
-	assert.False(t, ok, "a removed session cannot join")
+	_, _, err = r.join(a1, "room")
+	assert.ErrorIs(t, err, ErrSessionClosed, "a removed session cannot join")
 }

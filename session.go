@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -57,6 +58,15 @@ type Session struct {
 	// slowErr is why the session was closed as too slow, wrapping
 	// ErrSlowClient; nil otherwise. Guarded by mu.
 	slowErr error
+
+	// guard limits what the client sends (see readGuard), set before the
+	// handshake. Once violated is set (the client broke its limits or the
+	// protocol), nothing more it sends reaches OnMessage; violation,
+	// guarded by mu, is the error (ErrRateLimit, ErrInvalidText) that
+	// OnDisconnect's wraps when it is what closed the session.
+	guard     *readGuard
+	violated  atomic.Bool
+	violation error
 }
 
 func randomSuffix() string {
@@ -119,7 +129,9 @@ func (s *Session) InTopic(topic string) bool { return s.hub.reg.inTopic(s, topic
 
 // Join adds the session to topic on this node and returns once broadcasts to
 // topic from any node reach it (the backplane confirmed the subscription), or
-// when ctx ends. Joining a topic twice is not an error.
+// when ctx ends. Joining a topic twice is not an error; joining one more
+// topic than Limits.TopicsPerSession allows returns an error wrapping
+// ErrLimit.
 func (s *Session) Join(ctx context.Context, topic string) error {
 	if err := checkName(topic, ErrInvalidTopic); err != nil {
 		return err
@@ -130,9 +142,9 @@ func (s *Session) Join(ctx context.Context, topic string) error {
 	if closing {
 		return ErrSessionClosed
 	}
-	f, already, ok := s.hub.reg.join(s, topic)
-	if !ok {
-		return ErrSessionClosed
+	f, already, err := s.hub.reg.join(s, topic)
+	if err != nil {
+		return err // ErrSessionClosed, or a limit
 	}
 	if err := f.wait(ctx); err != nil {
 		if !already {
@@ -208,6 +220,9 @@ func (s *Session) closeGracefully() {
 	}
 	code, reason := s.closeCode, s.closeReason
 	s.mu.Unlock()
+	if s.guard != nil {
+		s.guard.stop() // read the client's answer at once
+	}
 	_ = s.conn.Close(websocket.StatusCode(code), reason)
 }
 
@@ -277,7 +292,14 @@ func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 		}
 		s.reads.Add(1)
 		h.stats.received.Add(1)
-		if h.opts.OnMessage != nil && cause == nil && !s.onMessage(Message{Type: MessageType(typ), Data: data}) {
+		if typ == websocket.MessageText && !utf8.Valid(data) {
+			// RFC 6455, section 8.1.
+			if s.violate(ErrInvalidText, StatusInvalidFramePayloadData, "invalid UTF-8") {
+				h.stats.invalidText.Add(1)
+			}
+			continue
+		}
+		if h.opts.OnMessage != nil && cause == nil && !s.violated.Load() && !s.onMessage(Message{Type: MessageType(typ), Data: data}) {
 			cause = ErrHookPanic
 		}
 	}
@@ -320,6 +342,9 @@ func (s *Session) end(err error) {
 	s.stopHubLink()
 	_ = s.conn.CloseNow()
 	s.mu.Lock()
+	if s.violation != nil {
+		err = fmt.Errorf("%w: %w", s.violation, err)
+	}
 	if s.slowErr != nil {
 		// Why the session was closed comes first; the read error after
 		// it keeps the close handshake's status for CloseStatus.

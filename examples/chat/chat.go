@@ -82,7 +82,18 @@ func newChat(bp backplane.Backplane, nodeID string, log *slog.Logger) (*chat, er
 		OnMessage:    c.onMessage,
 		OnDisconnect: c.onDisconnect,
 		ReadLimit:    readLimit,
-		Logger:       log,
+		// The limits to start from (these are the defaults, spelled out):
+		// a user's tabs, a busy typist's frames, and what one socket may send.
+		Limits: wshub.Limits{
+			SessionsPerUser:  100,
+			TopicsPerSession: 1024,
+			FramesPerSecond:  200,
+			FrameBurst:       400,
+			BytesPerSecond:   1 << 20,
+			ByteBurst:        4 << 20,
+			RatePolicy:       wshub.RateDelay,
+		},
+		Logger: log,
 	})
 	if err != nil {
 		return nil, err

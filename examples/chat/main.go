@@ -20,6 +20,7 @@
 //	-backplane URL  backplane to open with backplane.Open, such as memory://
 //	                (default: the hub's private in-memory backplane)
 //	-node ID        node ID, unique in the cluster (default: random)
+//	-max-conns N    connections the listener accepts at once (default 10000)
 //
 // The page at / speaks JSON over the WebSocket at /ws?name=NAME. The client
 // sends
@@ -74,6 +75,22 @@ func main() {
 	}
 }
 
+// newHTTPServer returns the chat's HTTP server, set up as the README's
+// production checklist says: every phase before the upgrade is bounded
+// (the hub owns the deadlines of a WebSocket once it has the connection;
+// net/http clears its own at the hijack).
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,  // a half-sent request holds a goroutine for no longer
+		ReadTimeout:       10 * time.Second, // the whole request, up to the upgrade
+		WriteTimeout:      10 * time.Second, // the response to a plain HTTP request
+		IdleTimeout:       60 * time.Second, // keep-alive connections between requests
+		MaxHeaderBytes:    32 << 10,         // room for the resume parameters, no more
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
 // run parses args, serves the chat until ctx is done, then shuts it down:
 // the hub first (its sessions get a 1001 close), then the HTTP server, then
 // the backplane if run opened one. Logs and usage go to stdout.
@@ -83,6 +100,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	addr := fs.String("addr", "127.0.0.1:8080", "listen `address`")
 	bpURL := fs.String("backplane", "", "backplane `URL`, such as memory:// (default: the hub's private in-memory backplane)")
 	nodeID := fs.String("node", "", "node `ID`, unique in the cluster (default: random)")
+	maxConns := fs.Int("max-conns", 10000, "at most `N` connections open at once; keep it below the file descriptor limit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -112,11 +130,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	if err != nil {
 		return errors.Join(err, c.Close(ctx))
 	}
-	srv := &http.Server{
-		Handler:           c,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	ln = limitListener(ln, *maxConns)
+	srv := newHTTPServer(c, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("chat listening", "addr", ln.Addr().String(), "node", c.hub.NodeID(), "backplane", *bpURL)

@@ -5,17 +5,24 @@
 //
 //	byte 0      version (1)
 //	byte 1      op
-//	byte 2      flags (bit 0: binary payload; bit 1: client follows code)
+//	byte 2      flags (bit 0: binary payload; bit 1: client follows code;
+//	            bit 2: signed, a tag follows the payload)
 //	uvarint n + n bytes   target (user ID, topic or session ID)
 //	uvarint n + n bytes   arg (excluded session ID, topic, or close reason)
 //	uvarint     code (close status code for OpDisconnect, else 0)
 //	uvarint n + n bytes   client, only with bit 1: the client key of the
 //	                      excluded session of an OpTopic
 //	rest        payload, byte for byte
+//	32 bytes    tag, only with bit 2: HMAC-SHA256 of the channel and of
+//	            every byte before the tag (see Signer)
 //
-// The payload is last so that a decoded envelope shares its bytes with the
-// encoded one: a broadcast is encoded once and every recipient gets a sub-slice
-// of the same buffer.
+// The payload is last, before the tag, so that a decoded envelope shares its
+// bytes with the encoded one: a broadcast is encoded once and every recipient
+// gets a sub-slice of the same buffer, signed or not.
+//
+// Decode rejects a signed envelope as malformed: only a Signer, which
+// verifies the tag, strips it. A decoder that predates signing rejects the
+// unknown flag the same way, so no hub ever delivers a tag as payload.
 package envelope
 
 import (
@@ -49,6 +56,8 @@ const (
 	// flagClient marks an envelope with a Client field. Encode sets it
 	// when Client is not empty.
 	flagClient byte = 2
+	// flagSigned marks an envelope that ends with a tag (see Signer).
+	flagSigned byte = 4
 )
 
 // ErrMalformed is returned by Decode for bytes that are not a valid envelope.
@@ -78,10 +87,15 @@ func (e *Envelope) Size() int {
 	return n
 }
 
-// Encode returns e in wire form, in one allocation.
+// Encode returns e in wire form, unsigned, in one allocation.
 func (e *Envelope) Encode() []byte {
-	b := make([]byte, 0, e.Size())
-	flags := e.Flags &^ flagClient
+	return e.appendTo(make([]byte, 0, e.Size()), 0)
+}
+
+// appendTo appends e in wire form to b, with extra flags set; any tag is
+// the caller's to append.
+func (e *Envelope) appendTo(b []byte, extra byte) []byte {
+	flags := e.Flags&^(flagClient|flagSigned) | extra
 	if e.Client != "" {
 		flags |= flagClient
 	}
@@ -98,8 +112,15 @@ func (e *Envelope) Encode() []byte {
 	return append(b, e.Payload...)
 }
 
-// Decode parses b. The returned Payload aliases b; Target and Arg are copies.
+// Decode parses an unsigned envelope. The returned Payload aliases b; Target
+// and Arg are copies. A signed envelope is malformed here: use a Signer.
 func Decode(b []byte) (Envelope, error) {
+	return decode(b, 0)
+}
+
+// decode parses b, whose flags may include the extra ones, which are
+// cleared in the result.
+func decode(b []byte, extra byte) (Envelope, error) {
 	var e Envelope
 	if len(b) < 3 {
 		return e, fmt.Errorf("%w: %d bytes", ErrMalformed, len(b))
@@ -111,9 +132,13 @@ func Decode(b []byte) (Envelope, error) {
 	if e.Op == 0 || e.Op >= opMax {
 		return e, fmt.Errorf("%w: op %d", ErrMalformed, b[1])
 	}
-	if e.Flags&^(FlagBinary|flagClient) != 0 {
+	if e.Flags&^(FlagBinary|flagClient|extra) != 0 {
+		if e.Flags&flagSigned != 0 && extra&flagSigned == 0 {
+			return e, fmt.Errorf("%w: signed, and no key to verify it", ErrMalformed)
+		}
 		return e, fmt.Errorf("%w: flags %#x", ErrMalformed, e.Flags)
 	}
+	e.Flags &^= extra
 	rest := b[3:]
 	var err error
 	if e.Target, rest, err = readString(rest); err != nil {
