@@ -108,6 +108,8 @@ func (l Limits) withDefaults(readLimit int64) (Limits, error) {
 		return l, fmt.Errorf("%w: Limits.RatePolicy %d", ErrInvalidOptions, l.RatePolicy)
 	case l.ByteBurst > 0 && l.BytesPerSecond > 0 && int64(l.ByteBurst) < readLimit:
 		return l, fmt.Errorf("%w: Limits.ByteBurst %d < ReadLimit %d", ErrInvalidOptions, l.ByteBurst, readLimit)
+	case l.FrameBurst > 1<<30 || l.ByteBurst > 1<<40:
+		return l, fmt.Errorf("%w: Limits.FrameBurst %d or ByteBurst %d is too large", ErrInvalidOptions, l.FrameBurst, l.ByteBurst)
 	case l.RetryAfter < 0:
 		return l, fmt.Errorf("%w: Limits.RetryAfter %v < 0", ErrInvalidOptions, l.RetryAfter)
 	}

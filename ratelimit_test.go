@@ -606,3 +606,28 @@ func TestPingFloodClient(t *testing.T) {
 	<-done
 	fmt.Println("flood: sent " + strconv.Itoa(sent) + " pongs " + strconv.FormatInt(pongs.Load(), 10) + " seconds " + strconv.FormatFloat(secs, 'f', 3, 64))
 }
+
+// A client that gets itself closed (here with 1007) and then floods is
+// still charged: once its buckets are spent after the close frame nothing
+// more is read from it, and the connection ends with the close handshake's
+// timeout, instead of the websocket library reading and dropping a
+// line-speed flood all that time.
+func TestFloodAfterTheCloseIsNotRead(t *testing.T) {
+	r := newRateHub(t, floodLimits(RateDelay), nil)
+	c := dialRaw(t, r.addr(), "flooder", nil, waitFor)
+	_, err := c.conn.Write(clientFrame(true, wsOpText, []byte{0xff, 0xfe}))
+	require.NoError(t, err)
+	for { // read the close frame, and do not answer it
+		op, p, err := c.readFrame()
+		require.NoError(t, err)
+		if op == wsOpClose {
+			require.Equal(t, StatusCode(1007), StatusCode(binary.BigEndian.Uint16(p)))
+			break
+		}
+	}
+	start := time.Now()
+	_, err = c.conn.Write(repeatFrame(1_000_000, true, wsOpText, []byte("m"))) // 7 MB
+	t.Logf("the flood's write ended after %v: %v", time.Since(start), err)
+	require.Error(t, err, "the hub read a 7 MB flood after its close frame")
+	require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the socket was closed, not just slow: %v", err)
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -30,8 +31,11 @@ import (
 // (counted in Stats.RateClosed), and until that close frame goes out further
 // reads are delayed instead, so a flooder cannot flood while its session
 // drains its queue. Once the session sends its close frame, or its connection
-// or context ends, the guard stops limiting, so that the client's answer to
-// the close is read promptly and no read is held behind a wait.
+// or context ends, reads no longer wait, so that the client's answer to the
+// close is read promptly; what the client sends is still charged, and from a
+// client that goes on flooding past its buckets nothing more is read (the
+// websocket library would otherwise read and drop a line-speed flood until
+// its close handshake times out).
 //
 // Only the session's reader calls Read (the library serializes its reads),
 // so the guard's state needs no lock; stop may be called from anywhere.
@@ -51,7 +55,12 @@ type readGuard struct {
 	delayed  func() // a read waited (RateDelay)
 	exceeded func() // the client went past its limits (RateClose)
 
-	off      bool // stopped limiting; never limits again
+	off     bool // both buckets are off: never limits
+	closing bool // the session sent its close frame (or ended): no more waits
+	stalled bool // flooded after the close frame: read nothing more
+	// gone is closed with the connection; a stalled read waits for it.
+	gone     chan struct{}
+	goneOnce sync.Once
 	draining bool // exceeded under RateClose: delay, uncounted, until stopped
 	timer    *time.Timer
 	scan     frameScanner
@@ -66,7 +75,7 @@ const minClientFrame = 6
 // client by l, until ctx ends or stop is called. delayed and exceeded are
 // called on the reader's goroutine.
 func newReadGuard(ctx context.Context, l Limits, delayed, exceeded func()) *readGuard {
-	g := &readGuard{policy: l.RatePolicy, delayed: delayed, exceeded: exceeded}
+	g := &readGuard{policy: l.RatePolicy, delayed: delayed, exceeded: exceeded, gone: make(chan struct{})}
 	ctx, g.stop = context.WithCancel(ctx)
 	g.done = ctx.Done()
 	if l.FramesPerSecond > 0 && l.FrameBurst > 0 {
@@ -99,6 +108,10 @@ func (g *readGuard) attach(br *bufio.Reader, conn io.Reader) {
 // Read reads from the client and charges what it read to the buckets,
 // waiting for them under RateDelay.
 func (g *readGuard) Read(p []byte) (int, error) {
+	if g.stalled {
+		<-g.gone
+		return 0, net.ErrClosed
+	}
 	if !g.off && g.maxRead > 0 && len(p) > g.maxRead {
 		p = p[:g.maxRead]
 	}
@@ -124,13 +137,25 @@ func (g *readGuard) charge(b []byte) {
 	if g.off {
 		return
 	}
-	select {
-	case <-g.done:
-		g.off = true
-		return
-	default:
+	if !g.closing {
+		select {
+		case <-g.done:
+			g.closing = true
+		default:
+		}
 	}
 	frames, now := g.scan.scan(b), time.Now()
+	if g.closing {
+		// After the close frame nothing waits, so the client's answer is
+		// read promptly; but what the client sends is still charged, and
+		// one that goes on flooding past its buckets is read no more: TCP
+		// stops it, the close frame stays readable for it, and the
+		// connection ends when the close handshake times out.
+		if !allow(g.frames, now, frames) || !allow(g.bytes, now, len(b)) {
+			g.stalled = true
+		}
+		return
+	}
 	if g.policy == RateClose && !g.draining {
 		if allow(g.frames, now, frames) && allow(g.bytes, now, len(b)) {
 			return
@@ -155,8 +180,14 @@ func (g *readGuard) charge(b []byte) {
 	case <-g.timer.C:
 	case <-g.done:
 		g.timer.Stop()
-		g.off = true
+		g.closing = true
 	}
+}
+
+// closed tells the guard its connection is closed.
+func (g *readGuard) closed() {
+	g.goneOnce.Do(func() { close(g.gone) })
+	g.stop()
 }
 
 // newReadGuard returns the guard of s's reads, by the hub's Limits, for
@@ -300,7 +331,7 @@ type guardedConn struct {
 func (c guardedConn) Read(p []byte) (int, error) { return c.g.Read(p) }
 
 func (c guardedConn) Close() error {
-	c.g.stop()
+	c.g.closed()
 	return c.corkConn.Close()
 }
 
