@@ -3,6 +3,7 @@ package wshub
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,16 +58,8 @@ func TestJoinIsInEffectBeforeWhatFollowsIt(t *testing.T) {
 // the user while the subscription cannot be confirmed goes through, in
 // order, instead of growing the node.
 func TestJoinGateIsBounded(t *testing.T) {
-	stuck := &blockableSubscribe{block: make(chan struct{})}
-	defer close(stuck.block)
-	c := newCluster(t, 2, func(i int, o *Options) {
-		o.SendQueueLen = 3 * gateMessages
-		o.SubscribeTimeout = time.Hour
-		if i == 1 {
-			stuck.Backplane = o.Backplane
-			o.Backplane = stuck
-		}
-	})
+	c, stuck := stuckCluster(t, func(o *Options) { o.SendQueueLen = 3 * gateMessages })
+	defer stuck.release()
 	a, b := c.nodes[0], c.nodes[1]
 	bob := dial(t, b, "bob")
 	// From now on b's subscriptions cannot be confirmed: its interest
@@ -84,11 +77,31 @@ func TestJoinGateIsBounded(t *testing.T) {
 }
 
 // blockableSubscribe is a backplane whose Subscribe, once blocked, waits
-// until block is closed or its context ends.
+// until block is closed (release) or its context ends.
 type blockableSubscribe struct {
 	backplane.Backplane
 	blocked atomic.Bool
 	block   chan struct{}
+	once    sync.Once
+}
+
+func (b *blockableSubscribe) release() { b.once.Do(func() { close(b.block) }) }
+
+// stuckCluster starts two hubs on one bus, the second on a backplane whose
+// Subscribe can be blocked, with a SubscribeTimeout that never ends the
+// wait. tweak may change both nodes' options.
+func stuckCluster(t *testing.T, tweak func(o *Options)) (*cluster, *blockableSubscribe) {
+	t.Helper()
+	stuck := &blockableSubscribe{block: make(chan struct{})}
+	c := newCluster(t, 2, func(i int, o *Options) {
+		o.SubscribeTimeout = time.Hour
+		tweak(o)
+		if i == 1 {
+			stuck.Backplane = o.Backplane
+			o.Backplane = stuck
+		}
+	})
+	return c, stuck
 }
 
 func (b *blockableSubscribe) Subscribe(ctx context.Context, channels ...string) error {
@@ -107,23 +120,8 @@ func (b *blockableSubscribe) Subscribe(ctx context.Context, channels ...string) 
 // early and break the Join's ordering.
 func TestForgedMessagesCannotEndAJoinWait(t *testing.T) {
 	keys := [][]byte{[]byte("0123456789abcdef0123456789abcdef")}
-	stuck := &blockableSubscribe{block: make(chan struct{})}
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			close(stuck.block)
-		}
-	}
-	defer release()
-	c := newCluster(t, 2, func(i int, o *Options) {
-		o.SigningKeys = keys
-		o.SubscribeTimeout = time.Hour
-		if i == 1 {
-			stuck.Backplane = o.Backplane
-			o.Backplane = stuck
-		}
-	})
+	c, stuck := stuckCluster(t, func(o *Options) { o.SigningKeys = keys })
+	defer stuck.release()
 	a, b := c.nodes[0], c.nodes[1]
 	bob := dial(t, b, "bob")
 	stuck.blocked.Store(true)
@@ -142,6 +140,6 @@ func TestForgedMessagesCannotEndAJoinWait(t *testing.T) {
 	require.True(t, b.hub.gates.holding(userPrefix+"bob"), "the Join still waits for its subscription")
 
 	require.NoError(t, a.hub.Send(bg, "bob", Text("after")))
-	release()
+	stuck.release()
 	require.Equal(t, "after", bob.nextText(), "nothing forged reached bob")
 }
