@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
+
+	"github.com/wshub/wshub/backplane"
 )
 
 // ServeHTTP authenticates the request, upgrades it to a WebSocket and serves
@@ -103,7 +105,7 @@ func (h *Hub) prepare(w http.ResponseWriter, r *http.Request) (*Session, int, er
 			h.stats.refused.Add(1)
 			h.log.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "user", userID, "err", err)
 			w.Header().Set("Retry-After", h.opts.Limits.retryAfterSeconds())
-			if errors.Is(err, errUserSessions) {
+			if errors.Is(err, errUserSessions) || errors.Is(err, errClusterSessions) {
 				return nil, http.StatusTooManyRequests, err
 			}
 			return nil, http.StatusServiceUnavailable, err
@@ -217,6 +219,18 @@ func (h *Hub) register(ctx context.Context, s *Session) error {
 	userReady, err := h.reg.add(s)
 	if err != nil {
 		return err
+	}
+	if limit := h.opts.Limits.ClusterSessionsPerUser; limit > 0 && s.userID != "" {
+		err := h.pres.reserve(ctx, s.userID, limit)
+		if errors.Is(err, backplane.ErrOverLimit) {
+			h.reg.remove(s)
+			h.pres.release(s.userID)
+			return errClusterSessions
+		}
+		h.pres.release(s.userID)
+		if err != nil {
+			h.log.Debug("wshub: cluster session limit not checked: presence unavailable", "user", s.userID, "err", err)
+		}
 	}
 	h.inboxOnce.Do(func() {
 		h.interest.first(h.inbox)

@@ -81,6 +81,16 @@ func (h *Hub) handle(m backplane.Message) *flush {
 			return nil
 		}
 		return h.reg.joinUser(e.Target, e.Arg, e.Op == envelope.OpJoin)
+	case envelope.OpJoinAck, envelope.OpLeaveAck, envelope.OpAck:
+		if channel != h.inbox {
+			h.stats.malformed.Add(1) // only ever sent to a node's inbox
+			return nil
+		}
+		if e.Op == envelope.OpAck {
+			h.acked(&e)
+		} else {
+			h.acknowledge(&e)
+		}
 	case envelope.OpFlush:
 		h.mu.Lock()
 		if ch, ok := h.flushes[e.Target]; ok {

@@ -64,6 +64,34 @@
 // out of with Except. Control operations (Join, Leave, Disconnect) are never
 // replayed.
 //
+// # Presence
+//
+// A hub writes who it holds to its backplane's presence record (memory and
+// Redis keep one; see backplane.Presence): each user's sessions, and each
+// topic's users with their sessions. Any node, including one that serves no
+// connection, then answers Online (a user's sessions anywhere: one read),
+// TopicCount (O(1) at any size) and TopicMembers (pages by cursor, never one
+// unbounded reply). Anonymous sessions are not counted. OnPresence and
+// PresenceMessage report a user coming online or going offline, and first
+// joining or last leaving a topic, once per change cluster-wide. Join and
+// Leave with Acknowledged wait until every node holding the user applied
+// them, and Limits.ClusterSessionsPerUser bounds a user's sessions across
+// the cluster.
+//
+// Writes are batched: a connect is visible to other nodes after one round
+// trip to the record, usually well under a millisecond on Redis. Each node
+// refreshes its entries' lease a few times per time to live (on Redis,
+// wsredis.Options.PresenceTTL, 10s by default: one command per node, however
+// many sessions it holds). A node that dies, or is cut off from the record
+// for longer than the time to live, has its sessions removed by the other
+// nodes at most the time to live plus a third of it and one second after its
+// last refresh: that is how stale a count can be after a kill -9. During a
+// partition, a count includes the cut-off node's sessions until then, and
+// excludes them after; the node writes all it holds again when it can reach
+// the record again (and after a Redis restart that lost the record, within
+// one refresh). Counts are of what the record holds: a session being
+// accepted on one node while another node reads may or may not be counted.
+//
 // # Trust model
 //
 // A hub obeys what arrives on its backplane channels: by default, anyone who

@@ -59,6 +59,14 @@ var (
 	// text message that is not valid UTF-8 (counted in
 	// Stats.InvalidText); OnMessage never sees that message.
 	ErrInvalidText = errors.New("wshub: invalid UTF-8 in a text message")
+	// ErrNoPresence is returned by Hub.Online, Hub.TopicCount,
+	// Hub.TopicMembers and acknowledged joins when the backplane keeps no
+	// presence record (it does not implement backplane.Presence).
+	ErrNoPresence = errors.New("wshub: the backplane keeps no presence")
+	// ErrNotAcknowledged is wrapped in the error of a Join or Leave with
+	// Acknowledged that not every node holding the user acknowledged (see
+	// AckError).
+	ErrNotAcknowledged = errors.New("wshub: not acknowledged")
 )
 
 // StatusCode is a WebSocket close status code (RFC 6455, section 7.4).

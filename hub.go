@@ -39,6 +39,8 @@ type Hub struct {
 	inbox    string
 	interest *interest
 	reg      *registry // the sessions of this node, by ID, user and topic
+	pres     *tracker  // this node's presence; nil without
+	acks     acks      // acknowledgements this node waits for
 	gates    joinGates
 	// inboxOnce subscribes the node's inbox with its first session: a hub
 	// that never serves (a worker that only sends) subscribes nothing.
@@ -131,6 +133,18 @@ func New(opts *Options) (*Hub, error) {
 	h.gates.h = h
 	h.interest = newInterest(h.bp, h.log, o.SubscribeTimeout)
 	h.reg = newRegistry(h.interest, o.Limits, &h.stats.topicsRefused)
+	if p, ok := h.bp.(backplane.Presence); ok && !o.NoPresence {
+		h.pres = newTracker(p, h.log, o.NodeID, h.onPresence)
+		h.reg.pres = h.pres
+		h.reg.hold = o.Limits.ClusterSessionsPerUser > 0
+	} else if o.Limits.ClusterSessionsPerUser > 0 {
+		h.cancel()
+		h.interest.close()
+		if h.ownBP {
+			_ = h.bp.Close()
+		}
+		return nil, fmt.Errorf("%w: Limits.ClusterSessionsPerUser needs presence: a backplane that implements backplane.Presence, and NoPresence off", ErrInvalidOptions)
+	}
 	return h, nil
 }
 
@@ -256,25 +270,48 @@ func (h *Hub) SendSession(ctx context.Context, sessionID string, msg Message) er
 // until its subscription to topic is confirmed, so a user who received a
 // message sent after Join also receives the topic's later broadcasts.
 // Sessions the user opens later are not joined: join those in
-// Options.OnConnect.
-func (h *Hub) Join(ctx context.Context, userID, topic string) error {
-	return h.control(ctx, envelope.OpJoin, userID, topic)
+// Options.OnConnect. With Acknowledged, Join returns only once every node
+// holding the user has applied it.
+func (h *Hub) Join(ctx context.Context, userID, topic string, opts ...JoinOption) error {
+	return h.control(ctx, envelope.OpJoin, userID, topic, opts)
 }
 
 // Leave removes every session of userID, on every node, from topic. Like
-// Join, it is applied by each node when the request arrives.
-func (h *Hub) Leave(ctx context.Context, userID, topic string) error {
-	return h.control(ctx, envelope.OpLeave, userID, topic)
+// Join, it is applied by each node when the request arrives, and with
+// Acknowledged it returns once every node holding the user has applied it.
+func (h *Hub) Leave(ctx context.Context, userID, topic string, opts ...JoinOption) error {
+	return h.control(ctx, envelope.OpLeave, userID, topic, opts)
 }
 
-func (h *Hub) control(ctx context.Context, op envelope.Op, userID, topic string) error {
+func (h *Hub) control(ctx context.Context, op envelope.Op, userID, topic string, opts []JoinOption) error {
 	if err := checkName(userID, ErrInvalidUserID); err != nil {
 		return err
 	}
 	if err := checkName(topic, ErrInvalidTopic); err != nil {
 		return err
 	}
-	return h.publish(ctx, userPrefix+userID, &envelope.Envelope{Op: op, Target: userID, Arg: topic})
+	var jo joinOptions
+	for _, o := range opts {
+		o(&jo)
+	}
+	if jo.ack {
+		if _, err := h.presence(); err != nil {
+			return err
+		}
+	}
+	// On the user's channel, the request is ordered with what is sent to
+	// the user, and reaches nodes the presence record does not list yet.
+	if err := h.publish(ctx, userPrefix+userID, &envelope.Envelope{Op: op, Target: userID, Arg: topic}); err != nil {
+		return err
+	}
+	if !jo.ack {
+		return nil
+	}
+	ackOp := envelope.OpJoinAck
+	if op == envelope.OpLeave {
+		ackOp = envelope.OpLeaveAck
+	}
+	return h.controlAck(ctx, ackOp, userID, topic)
 }
 
 // Disconnect closes every session of userID, on every node, with the given
@@ -417,6 +454,9 @@ func (h *Hub) shutdown(ctx context.Context) error {
 		<-done
 	}
 	h.cancel()
+	if h.pres != nil {
+		h.pres.close(ctx) // writes the removal of this node's sessions
+	}
 	h.interest.close()
 	h.gates.close()
 

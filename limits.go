@@ -12,13 +12,27 @@ import (
 // zero value of each field selects the default in its comment; a negative
 // value turns that limit off.
 //
-// The limits are per node. A cluster-wide limit per user needs presence
-// (who is connected where) and will be a field of its own here.
+// The limits are per node, except ClusterSessionsPerUser.
 type Limits struct {
 	// SessionsPerUser bounds one user's sessions on this node. The next
 	// upgrade is refused, before the WebSocket exists, with 429 Too Many
 	// Requests and Retry-After. Default: 100.
 	SessionsPerUser int
+
+	// ClusterSessionsPerUser bounds one user's sessions across the
+	// cluster, using the presence record: the upgrade of a session past it
+	// is refused with 429 Too Many Requests and Retry-After, like one past
+	// SessionsPerUser, and counted in Stats.Refused. The check and the
+	// count are one atomic step in the record, so two nodes accepting the
+	// user's last place at the same instant cannot both take it. It costs
+	// one write to the record before each of the user's upgrades
+	// completes. While the record cannot be reached the upgrade is let
+	// through (SessionsPerUser still applies), and sessions of a node
+	// that was killed still count until they are removed from the record
+	// (see the package doc, "Presence"). It needs a backplane that keeps
+	// presence and presence on (see Options.NoPresence). Default: no
+	// limit.
+	ClusterSessionsPerUser int
 
 	// Sessions bounds the sessions of this node in all. The next upgrade
 	// is refused with 503 Service Unavailable and Retry-After. Default: no

@@ -182,6 +182,30 @@ type Options struct {
 	// instead, see the README's production checklist).
 	SigningKeys [][]byte
 
+	// NoPresence turns off this node's part of the presence record: its
+	// sessions are then not counted by Online, TopicCount and
+	// TopicMembers anywhere (those still read what other nodes write).
+	// Presence is on by default whenever the backplane keeps it (it
+	// implements backplane.Presence, as memory and Redis do): each
+	// connect, disconnect, join and leave of a user's session is then
+	// written to it in batches (see the package doc, "Presence").
+	NoPresence bool
+
+	// OnPresence, when set, is called when a user comes online or goes
+	// offline cluster-wide, and when a user first joins a topic or its
+	// last session leaves it. Each change is reported once, on the node
+	// whose write made it (or that removed a dead node's entries), from
+	// the goroutine that writes this node's presence: it must not block
+	// for long. Off by default.
+	OnPresence func(PresenceEvent)
+
+	// PresenceMessage, when set, is asked for a message to broadcast to
+	// the topic's members on each PresenceJoined and PresenceLeft event
+	// (ok false sends nothing), so that clients keep a live member list
+	// without polling: the hub adds nothing to the wire itself. Like
+	// OnPresence, it runs on one node per change. Off by default.
+	PresenceMessage func(PresenceEvent) (msg Message, ok bool)
+
 	// Logger receives the hub's logs. Default: slog.Default(). Routine events
 	// are logged at Debug level.
 	Logger *slog.Logger

@@ -12,6 +12,9 @@ import (
 var (
 	errUserSessions = fmt.Errorf("%w: Limits.SessionsPerUser", ErrLimit)
 	errNodeSessions = fmt.Errorf("%w: Limits.Sessions", ErrLimit)
+	// errClusterSessions is a refusal by Limits.ClusterSessionsPerUser;
+	// ServeHTTP answers it like errUserSessions.
+	errClusterSessions = fmt.Errorf("%w: Limits.ClusterSessionsPerUser", ErrLimit)
 )
 
 // transitions is told when a backplane channel gains its first holder on
@@ -34,7 +37,11 @@ type transitions interface {
 // lock as the insert they bound, so that concurrent upgrades or joins cannot
 // together exceed them.
 type registry struct {
-	on transitions
+	on   transitions
+	pres *tracker // nil without presence
+	// hold has pres hold a user's key on each add, for
+	// Limits.ClusterSessionsPerUser (see tracker.count).
+	hold bool
 
 	// The limits; a bound that is not positive is no bound.
 	perUser, perNode, perSession int
@@ -92,6 +99,9 @@ func (r *registry) add(s *Session) (*flush, error) {
 		r.users[s.userID] = set
 	}
 	set[s] = struct{}{}
+	if r.pres != nil {
+		r.pres.count(userPrefix+s.userID, s.userID, 1, r.hold)
+	}
 	if len(set) == 1 {
 		return r.on.first(userPrefix + s.userID), nil
 	}
@@ -110,6 +120,7 @@ func (r *registry) remove(s *Session) {
 	if s.userID != "" {
 		set := r.users[s.userID]
 		delete(set, s)
+		r.presence(userPrefix+s.userID, s.userID, -1)
 		if len(set) == 0 {
 			delete(r.users, s.userID)
 			r.on.last(userPrefix + s.userID)
@@ -157,10 +168,21 @@ func (r *registry) joinLocked(s *Session, topic string) (f *flush, already, full
 		r.topics[topic] = set
 	}
 	set[s] = struct{}{}
+	if s.userID != "" {
+		r.presence(topicPrefix+topic, s.userID, 1)
+	}
 	if len(set) == 1 {
 		return r.on.first(topicPrefix + topic), false, false
 	}
 	return r.on.ready(topicPrefix + topic), false, false
+}
+
+// presence tells the tracker, if any, that member's sessions here in key
+// changed by delta.
+func (r *registry) presence(key, member string, delta int) {
+	if r.pres != nil {
+		r.pres.count(key, member, delta, false)
+	}
 }
 
 // leave removes s from topic; leaving a topic s is not in does nothing.
@@ -177,6 +199,9 @@ func (r *registry) leaveLocked(s *Session, topic string) {
 	delete(s.topics, topic)
 	set := r.topics[topic]
 	delete(set, s)
+	if s.userID != "" {
+		r.presence(topicPrefix+topic, s.userID, -1)
+	}
 	if len(set) == 0 {
 		delete(r.topics, topic)
 		r.on.last(topicPrefix + topic)

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/backplane"
@@ -47,6 +48,21 @@ type Features struct {
 	// EventRestored has Gap false (Redis Streams). Without it, what was
 	// published during a cut may be lost.
 	CatchUp bool
+
+	// Presence declares that the backplanes keep presence (they implement
+	// backplane.Presence): the suite adds the presence cases (Online,
+	// TopicCount and TopicMembers across nodes, events once per change,
+	// presence messages, Limits.ClusterSessionsPerUser under a race,
+	// acknowledged joins and, with Faults, the expiry of a cut node's
+	// sessions and their return after Heal). PresenceTTL must be set with
+	// it.
+	Presence bool
+
+	// PresenceTTL is, with Presence, the time to live the harness gave its
+	// backplanes' presence; keep it short (under a second) so that the
+	// expiry case is quick. The suite waits up to Timeout plus four times
+	// it for presence to settle.
+	PresenceTTL time.Duration
 }
 
 // RunHub runs the hub-level cluster suite against the backend that
@@ -71,7 +87,14 @@ func RunHub(t *testing.T, newHarness HarnessMaker, f Features) {
 	if newHarness == nil {
 		t.Fatal("wshubtest: nil HarnessMaker")
 	}
-	for _, c := range hubCases {
+	if f.Presence && f.PresenceTTL <= 0 {
+		t.Fatal("wshubtest: Features.Presence needs a positive Features.PresenceTTL")
+	}
+	cases := hubCases
+	if f.Presence {
+		cases = append(cases[:len(cases):len(cases)], presenceCases...)
+	}
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			c.run(t, newEnv(t, newHarness, f))
 		})
@@ -154,8 +177,25 @@ func watch(bp backplane.Backplane) *watched {
 // backplane returns w with the optional interfaces of the backplane it
 // wraps.
 func (w *watched) backplane() backplane.Backplane {
-	if _, ok := w.Backplane.(backplane.Log); ok {
-		return watchedLog{w}
+	lg, isLog := w.Backplane.(backplane.Log)
+	p, isPresence := w.Backplane.(backplane.Presence)
+	switch {
+	case isLog && isPresence:
+		return struct {
+			*watched
+			backplane.Log
+			backplane.Presence
+		}{w, lg, p}
+	case isLog:
+		return struct {
+			*watched
+			backplane.Log
+		}{w, lg}
+	case isPresence:
+		return struct {
+			*watched
+			backplane.Presence
+		}{w, p}
 	}
 	return w
 }
@@ -218,12 +258,4 @@ func (w *watched) held() map[string]bool {
 		m[ch] = true
 	}
 	return m
-}
-
-// watchedLog is a watched backplane that keeps logs.
-type watchedLog struct{ *watched }
-
-// Read reads the wrapped backplane's log.
-func (w watchedLog) Read(ctx context.Context, channel, offset string, limit int) ([]backplane.Entry, error) {
-	return w.Backplane.(backplane.Log).Read(ctx, channel, offset, limit)
 }

@@ -46,6 +46,12 @@ const (
 	OpLeave                    // remove every session of user Target from topic Arg
 	OpDisconnect               // close every session of user Target with Code and reason Arg
 	OpFlush                    // no-op marker a node sends itself; Target is a token
+	// OpJoinAck and OpLeaveAck are OpJoin and OpLeave sent to one node's
+	// inbox, which acknowledges them once applied with an OpAck to the
+	// node and token in Payload ("<node> <token>").
+	OpJoinAck
+	OpLeaveAck
+	OpAck // acknowledges token Target from node Arg; Code 0 applied, 1 not confirmed
 	opMax
 )
 

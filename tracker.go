@@ -1,0 +1,346 @@
+package wshub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wshub/wshub/backplane"
+)
+
+// tracker keeps this node's entries in the backplane's presence record
+// equal to what the node holds: for each user, its sessions here (key
+// "u:<user>", member the user) and, for each topic, the sessions of each
+// user in it (key "t:<topic>", member the user). The registry tells it of
+// every change under its own lock (count); one goroutine writes the
+// changes in batches, refreshes the node's instance, starts a new one when
+// the backplane reports it lost (writing every entry again), and turns
+// what changed cluster-wide into presence events.
+type tracker struct {
+	p      backplane.Presence
+	log    *slog.Logger
+	node   string
+	events func([]backplane.PresenceChange) // called from the goroutine
+
+	mu       sync.Mutex
+	counts   map[presenceKey]int // sessions here, by key and member
+	dirty    map[presenceKey]struct{}
+	held     map[presenceKey]int // keys a reserve is pending for: not written by the goroutine
+	instance string              // "<node>.<suffix>"; empty until the first write
+	lease    time.Time           // when to refresh the instance at the latest
+
+	// wmu serializes the backplane writes of the instance: the
+	// goroutine's batches and reserve.
+	wmu sync.Mutex
+
+	kick chan struct{}
+	stop chan struct{}
+	done chan struct{}
+	ctx  context.Context // ends on close; bounds every call
+	end  context.CancelFunc
+}
+
+type presenceKey struct{ key, member string }
+
+// Bounds of the tracker's work.
+const (
+	presenceBatch = 512             // updates per UpdatePresence call
+	presenceRetry = time.Second     // after a failed call
+	presenceCall  = 5 * time.Second // bound of one call
+)
+
+func newTracker(p backplane.Presence, log *slog.Logger, node string, events func([]backplane.PresenceChange)) *tracker {
+	t := &tracker{
+		p:      p,
+		log:    log,
+		node:   node,
+		events: events,
+		counts: make(map[presenceKey]int),
+		dirty:  make(map[presenceKey]struct{}),
+		held:   make(map[presenceKey]int),
+		kick:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	t.ctx, t.end = context.WithCancel(context.Background())
+	go t.run()
+	return t
+}
+
+// count adds delta to the sessions of member in key. It never blocks: the
+// registry calls it under its lock. With hold, the key is held until
+// release: the goroutine does not write it, so that the reserve of a new
+// session is the write that checks its limit.
+func (t *tracker) count(key, member string, delta int, hold bool) {
+	k := presenceKey{key, member}
+	t.mu.Lock()
+	if hold {
+		t.held[k]++
+	}
+	n := t.counts[k] + delta
+	if n <= 0 {
+		delete(t.counts, k)
+	} else {
+		t.counts[k] = n
+	}
+	t.dirty[k] = struct{}{}
+	t.mu.Unlock()
+	t.wake()
+}
+
+func (t *tracker) wake() {
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// release ends a hold that count took for user's key.
+func (t *tracker) release(user string) {
+	k := presenceKey{userPrefix + user, user}
+	t.mu.Lock()
+	if t.held[k]--; t.held[k] <= 0 {
+		delete(t.held, k)
+	}
+	t.mu.Unlock()
+	t.wake()
+}
+
+// reserve writes the user's sessions here at once, refused if it would
+// take the user over limit sessions across the cluster: it returns an
+// error wrapping backplane.ErrOverLimit then, and another error when the
+// record cannot be reached, which the caller may ignore (the write is
+// retried by the goroutine).
+func (t *tracker) reserve(ctx context.Context, user string, limit int) error {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	inst, err := t.ensureInstance(ctx)
+	if err != nil {
+		return err
+	}
+	k := presenceKey{userPrefix + user, user}
+	t.mu.Lock()
+	n := t.counts[k]
+	t.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, presenceCall)
+	defer cancel()
+	changes, err := t.p.UpdatePresence(ctx, inst, []backplane.PresenceUpdate{{Key: k.key, Member: user, Sessions: n, Limit: limit}})
+	if err == nil {
+		t.mu.Lock()
+		if t.counts[k] == n {
+			delete(t.dirty, k)
+		}
+		t.mu.Unlock()
+	}
+	if len(changes) > 0 {
+		t.events(changes)
+	}
+	return err
+}
+
+// ensureInstance returns the node's instance, registering a new one first
+// when there is none or the backplane lost it. wmu is held.
+func (t *tracker) ensureInstance(ctx context.Context) (string, error) {
+	t.mu.Lock()
+	inst, lease := t.instance, t.lease
+	t.mu.Unlock()
+	if inst != "" && time.Now().Before(lease) {
+		return inst, nil
+	}
+	return t.refresh(ctx)
+}
+
+// refresh refreshes the node's instance, or registers a new one, and
+// returns it. When the backplane reports the instance lost, every entry
+// is written again under a new one. wmu is held.
+func (t *tracker) refresh(ctx context.Context) (string, error) {
+	t.mu.Lock()
+	inst := t.instance
+	t.mu.Unlock()
+	for range 2 {
+		fresh := inst == ""
+		if fresh {
+			inst = t.node + "." + randomSuffix()[1:]
+		}
+		cctx, cancel := context.WithTimeout(ctx, presenceCall)
+		r, err := t.p.RefreshPresence(cctx, inst)
+		cancel()
+		if err != nil {
+			return "", err
+		}
+		if len(r.Changes) > 0 {
+			t.events(r.Changes)
+		}
+		if r.Lost {
+			t.log.Warn("wshub: presence of this node was lost (taken for dead, or the store lost it); writing it again")
+			inst = ""
+			continue
+		}
+		next := r.Next
+		if next <= 0 {
+			next = 10 * time.Millisecond
+		}
+		t.mu.Lock()
+		if fresh {
+			// Everything this node holds goes to the new instance.
+			for k := range t.counts {
+				t.dirty[k] = struct{}{}
+			}
+		}
+		t.instance, t.lease = inst, time.Now().Add(next)
+		t.mu.Unlock()
+		return inst, nil
+	}
+	return "", fmt.Errorf("wshub: presence: a new instance was lost at once: %w", backplane.ErrUnavailable)
+}
+
+func (t *tracker) run() {
+	defer close(t.done)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	failing := false
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-t.kick:
+		case <-timer.C:
+		}
+		wait, err := t.step()
+		if err != nil && t.ctx.Err() == nil {
+			if !failing {
+				t.log.Warn("wshub: presence cannot be written, will retry", "err", err)
+			}
+			failing = true
+			wait = presenceRetry
+		} else if err == nil && failing {
+			failing = false
+			t.log.Info("wshub: presence written again")
+		}
+		if wait > 0 {
+			timer.Reset(wait)
+		}
+	}
+}
+
+// step refreshes the instance when its lease is due and writes what is
+// dirty. It returns when to step again (0: on the next change only).
+func (t *tracker) step() (time.Duration, error) {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	t.mu.Lock()
+	idle := t.instance == "" && len(t.dirty) == 0
+	due := t.instance == "" || !time.Now().Before(t.lease)
+	t.mu.Unlock()
+	if idle {
+		return 0, nil // nothing was ever held: no instance to keep alive
+	}
+	if due {
+		if _, err := t.refresh(t.ctx); err != nil {
+			return 0, err
+		}
+	}
+	for {
+		more, err := t.writeBatch()
+		if err != nil {
+			return 0, err
+		}
+		if !more {
+			break
+		}
+	}
+	t.mu.Lock()
+	wait := time.Until(t.lease)
+	t.mu.Unlock()
+	return max(wait, time.Millisecond), nil
+}
+
+// writeBatch writes up to presenceBatch dirty entries and reports whether
+// more are dirty. wmu is held.
+func (t *tracker) writeBatch() (more bool, err error) {
+	t.mu.Lock()
+	if len(t.dirty) == 0 {
+		t.mu.Unlock()
+		return false, nil
+	}
+	inst := t.instance
+	ups := make([]backplane.PresenceUpdate, 0, min(len(t.dirty), presenceBatch))
+	for k := range t.dirty {
+		if t.held[k] > 0 {
+			continue // its reserve writes it
+		}
+		ups = append(ups, backplane.PresenceUpdate{Key: k.key, Member: k.member, Sessions: t.counts[k]})
+		delete(t.dirty, k)
+		if len(ups) == presenceBatch {
+			break
+		}
+	}
+	for k := range t.dirty {
+		if t.held[k] == 0 {
+			more = true
+			break
+		}
+	}
+	t.mu.Unlock()
+	if len(ups) == 0 {
+		return false, nil
+	}
+
+	ctx, cancel := context.WithTimeout(t.ctx, presenceCall)
+	changes, err := t.p.UpdatePresence(ctx, inst, ups)
+	cancel()
+	if len(changes) > 0 {
+		t.events(changes)
+	}
+	if err != nil && !errors.Is(err, backplane.ErrOverLimit) {
+		// Written again later, with the counts of then.
+		t.mu.Lock()
+		for _, u := range ups {
+			t.dirty[presenceKey{u.Key, u.Member}] = struct{}{}
+		}
+		if errors.Is(err, backplane.ErrUnavailable) {
+			t.lease = time.Time{} // the lease may be why: refresh first
+		}
+		t.mu.Unlock()
+		return false, err
+	}
+	return more, nil
+}
+
+// close writes what is dirty within ctx (the node's sessions are gone by
+// now, so that is their removal) and stops the goroutine.
+func (t *tracker) close(ctx context.Context) {
+	if ctx.Err() == nil {
+		stop := context.AfterFunc(ctx, t.end)
+		t.wmu.Lock()
+		t.mu.Lock()
+		live := t.instance != "" && len(t.dirty) > 0
+		t.mu.Unlock()
+		if live {
+			for {
+				more, err := t.writeBatch()
+				if err != nil || !more {
+					break
+				}
+			}
+		}
+		t.wmu.Unlock()
+		stop()
+	}
+	t.end()
+	close(t.stop)
+	<-t.done
+}
+
+// nodeOfInstance returns the node ID of a presence instance.
+func nodeOfInstance(inst string) string {
+	if i := strings.LastIndexByte(inst, '.'); i >= 0 {
+		return inst[:i]
+	}
+	return inst
+}
