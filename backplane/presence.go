@@ -33,14 +33,16 @@ var ErrOverLimit = errors.New("backplane: presence limit reached")
 // instance is counted until it is removed, at most the time to live plus
 // one refresh interval after its instance's last refresh. All methods are
 // safe for concurrent use; every one returns an error wrapping ErrClosed
-// after Close and one wrapping ErrUnavailable when the store cannot be
-// reached.
+// after Close, one wrapping ErrUnavailable when the store cannot be
+// reached, and one wrapping ErrInvalidChannel for an empty key (or an
+// empty member in an update).
 type Presence interface {
 	// RefreshPresence proves that instance is alive and removes the
 	// entries of instances that are not, returning what that removal
 	// changed. The first call for an instance registers it. It reports
 	// Lost when the instance was taken for dead or its entries were lost:
-	// the caller must not use it again.
+	// the caller must not use it again. Changes may come with Lost too;
+	// the caller applies them either way.
 	RefreshPresence(ctx context.Context, instance string) (PresenceRefresh, error)
 
 	// UpdatePresence sets instance's count of sessions for each update's
@@ -48,9 +50,11 @@ type Presence interface {
 	// changed in the cluster-wide membership. It is idempotent: an update
 	// that sets what is already set changes nothing. Updates are applied
 	// in order, each atomically; when one is refused by its Limit the
-	// others are still applied, and the error wraps ErrOverLimit. It
-	// returns an error wrapping ErrUnavailable, and keeps nothing, when
-	// instance was not refreshed within the time to live.
+	// others are still applied, their changes returned with the error,
+	// which wraps ErrOverLimit (a caller that must know which update was
+	// refused sends it alone). It returns an error wrapping
+	// ErrUnavailable, and keeps nothing, when instance was not refreshed
+	// within the time to live or was taken for dead.
 	UpdatePresence(ctx context.Context, instance string, updates []PresenceUpdate) ([]PresenceChange, error)
 
 	// PresenceCount returns how many members key has: O(1), whatever

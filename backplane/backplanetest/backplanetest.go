@@ -18,6 +18,7 @@ package backplanetest
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -65,6 +66,22 @@ type Features struct {
 	// retention dropped fails with backplane.ErrNotRetained. Messages must
 	// stay retained for the length of a case (seconds) whatever their age.
 	Retained int
+
+	// Presence declares that the backend's nodes implement
+	// backplane.Presence, on one store shared by the nodes of a harness;
+	// the suite adds the Presence cases (reads of what instances wrote,
+	// membership changes, idempotence, paging, limits, refresh and expiry,
+	// concurrent updaters, bad input, Close). PresenceTTL must be set with
+	// it.
+	Presence bool
+
+	// PresenceTTL is, with Presence, the time to live the harness's nodes
+	// are configured with; it must be positive when Presence is set. The
+	// suite refreshes every instance it keeps alive at least every quarter
+	// of it (sooner when RefreshPresence asks), and waits for an instance
+	// that it stopped refreshing to expire in multiples of it, so a
+	// harness should configure something short, such as 300 to 500 ms.
+	PresenceTTL time.Duration
 }
 
 // Run runs the conformance suite against the backend that newHarness makes,
@@ -75,6 +92,9 @@ func Run(t *testing.T, newHarness HarnessMaker, f Features) {
 	require.GreaterOrEqual(t, f.MaxPayload, 0, "backplanetest: negative Features.MaxPayload")
 	if f.Replay {
 		require.Positive(t, f.Retained, "backplanetest: Features.Replay needs a positive Features.Retained")
+	}
+	if f.Presence {
+		require.Positive(t, f.PresenceTTL, "backplanetest: Features.Presence needs a positive Features.PresenceTTL")
 	}
 	if f.MaxPayload == 0 {
 		f.MaxPayload = defaultMaxPayload
@@ -107,6 +127,23 @@ func Run(t *testing.T, newHarness HarnessMaker, f Features) {
 			{"ReplayNotRetained", testReplayNotRetained},
 			{"ReplayInvalidOffset", testReplayInvalidOffset},
 			{"ReplayClosed", testReplayClosed},
+		}...)
+	}
+	if f.Presence {
+		cases = append(cases, []struct {
+			name string
+			run  func(t *testing.T, e *env)
+		}{
+			{"PresenceUpdateRead", testPresenceUpdateRead},
+			{"PresenceChanges", testPresenceChanges},
+			{"PresenceIdempotent", testPresenceIdempotent},
+			{"PresencePaging", testPresencePaging},
+			{"PresenceLimit", testPresenceLimit},
+			{"PresenceNeedsRefresh", testPresenceNeedsRefresh},
+			{"PresenceExpiry", testPresenceExpiry},
+			{"PresenceConcurrentUpdaters", testPresenceConcurrentUpdaters},
+			{"PresenceBadInput", testPresenceBadInput},
+			{"PresenceClosed", testPresenceClosed},
 		}...)
 	}
 	for _, c := range cases {

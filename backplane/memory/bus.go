@@ -122,6 +122,9 @@ type Bus struct {
 	logOn   atomic.Bool
 	// epochTag and epochs make the logs' epochs (see newEpochLocked).
 	epochTag, epochs uint32
+
+	// presence is the store of backplane.Presence, with its own lock.
+	presence presenceStore
 }
 
 // NewBus returns an empty bus.
@@ -197,7 +200,10 @@ func (b *Bus) node(name string) (*Node, error) {
 //   - every message meant for it is dropped and counted in NodeStats.Dropped;
 //   - its Publish returns an error wrapping backplane.ErrUnavailable;
 //   - its Subscribe and Unsubscribe still succeed and take effect on Heal;
-//   - a Publish that waits for room in its queue stops waiting for it.
+//   - a Publish that waits for room in its queue stops waiting for it;
+//   - its presence calls return an error wrapping backplane.ErrUnavailable,
+//     so its presence instances die after the time to live (see
+//     SetPresenceTTL).
 //
 // The node's Notify function receives an EventDown whose Err wraps
 // backplane.ErrUnavailable, after the messages already queued for the node,

@@ -3,7 +3,8 @@
 //
 // A Bus is the shared message bus; each Node made by Bus.NewNode is one
 // cluster member and implements backplane.Backplane and backplane.Notifier
-// (and backplane.Log, see "Logs and resume"). Give each hub of the simulated cluster its own Node of the same Bus:
+// (and backplane.Log, see "Logs and resume", and backplane.Presence, see
+// "Presence"). Give each hub of the simulated cluster its own Node of the same Bus:
 //
 //	bus := memory.NewBus()
 //	a, _ := bus.NewNode("a") // backplane of hub A
@@ -20,6 +21,7 @@
 //	bus.SetDropRate("b", 0.1)              // each delivery to b is dropped with probability 0.1
 //	bus.SetQueueLimit("b", 100, 1<<20)     // b queues at most 100 messages, 1 MiB: then Publish waits
 //	st, _ := bus.Stats("b")                // st.Delivered, st.Dropped, st.Queued, st.PeakQueued, st.Waits...
+//	bus.DropPresence()                     // every presence entry is lost: every live instance reports Lost
 //
 // # Delivery semantics
 //
@@ -107,6 +109,35 @@
 // SetDropRate) do not drop messages from the logs, and a healed node does
 // not catch up from them: it reports a gap, and resuming clients recover
 // from the log.
+//
+// # Presence
+//
+// The bus keeps one presence store (backplane.Presence) shared by its nodes,
+// exact and in-process: each instance's entries, and per key a map of its
+// members with their sessions summed across instances, so that
+// PresenceCount is O(1), and a sorted structure of their names (chunks of
+// at most 512), so that a page of PresenceMembers costs O(log n + limit)
+// and a join or leave O(log n) plus a short move. Every instance has a
+// lease on the bus's monotonic clock: it is taken for dead once it was not
+// refreshed for the time to live, DefaultPresenceTTL (10 s) unless
+// Bus.SetPresenceTTL changed it, and RefreshPresence asks for the next
+// refresh after a third of it. The next refresh of any live instance
+// removes the dead instances' entries and reports what that changed; the
+// dead instance's own refresh reports Lost and removes nothing, leaving
+// that to the first refresh of its successor. The bus remembers the name of
+// every dead instance (a few dozen bytes each) so that it stays dead.
+//
+// A partitioned node's presence calls, reads included, fail with
+// backplane.ErrUnavailable: its instances are not refreshed, the other
+// nodes remove their entries once the time to live has passed, and after
+// Heal their next refresh reports Lost, as a node cut off from Redis for
+// longer than the time to live finds. Closing a node does not remove its
+// instances' entries; they expire. Bus.DropPresence loses everything at
+// once, as a Redis restarted without persistence.
+//
+//	bus.SetPresenceTTL(300 * time.Millisecond) // short, for tests of expiry
+//	bus.Partition("b")                         // b's instances are removed by the others' refreshes after 300ms
+//	bus.Heal("b")                              // b's old instance reports Lost: its hub starts a new one
 //
 // # URL
 //

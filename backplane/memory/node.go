@@ -24,10 +24,11 @@ var (
 const shrinkCap = 1 << 12
 
 // Node is one member of a simulated cluster: its connection to a Bus. It
-// implements backplane.Backplane, backplane.Notifier, backplane.Checker and
+// implements backplane.Backplane, backplane.Notifier, backplane.Checker,
 // backplane.Log (whose Read finds messages only while the bus keeps logs,
-// see Bus.SetLogLimit). Make nodes with Bus.NewNode; all methods are safe
-// for concurrent use.
+// see Bus.SetLogLimit) and backplane.Presence (on the bus's one presence
+// store, see Bus.SetPresenceTTL). Make nodes with Bus.NewNode; all methods
+// are safe for concurrent use.
 //
 // Beyond the backplane.Backplane contract, a Node accepts Subscribe and
 // Publish before Start: messages that arrive before Start are queued, within
