@@ -67,6 +67,7 @@ func newTracker(p backplane.Presence, log *slog.Logger, node string, events func
 		done:   make(chan struct{}),
 	}
 	t.ctx, t.end = context.WithCancel(context.Background())
+	t.kick <- struct{}{} // register the instance at once
 	go t.run()
 	return t
 }
@@ -229,17 +230,16 @@ func (t *tracker) run() {
 }
 
 // step refreshes the instance when its lease is due and writes what is
-// dirty. It returns when to step again (0: on the next change only).
+// dirty. It returns when to step again. Every node refreshes, one that
+// holds no session too: refreshes are what removes dead nodes' entries,
+// so a cluster whose only live node sends without serving still cleans
+// up.
 func (t *tracker) step() (time.Duration, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	t.mu.Lock()
-	idle := t.instance == "" && len(t.dirty) == 0
 	due := t.instance == "" || !time.Now().Before(t.lease)
 	t.mu.Unlock()
-	if idle {
-		return 0, nil // nothing was ever held: no instance to keep alive
-	}
 	if due {
 		if _, err := t.refresh(t.ctx); err != nil {
 			return 0, err

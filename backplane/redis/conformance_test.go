@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	goredis "github.com/redis/go-redis/v9"
@@ -23,7 +24,7 @@ func TestConformanceMiniredis(t *testing.T) {
 			return nil, err
 		}
 		return &harness{addr: mr.Addr(), stop: mr.Close}, nil
-	}, backplanetest.Features{})
+	}, pubsubFeatures)
 }
 
 // harness makes nodes that each have their own client to one Redis, under
@@ -53,7 +54,7 @@ func (h *harness) MakeNode(context.Context) (backplane.Backplane, error) {
 		c = goredis.NewClient(&goredis.Options{Addr: h.addr})
 	}
 	h.clients = append(h.clients, c)
-	o := wsredis.Options{Prefix: h.prefix, Logger: quiet}
+	o := wsredis.Options{Prefix: h.prefix, Logger: quiet, PresenceTTL: conformancePresenceTTL}
 	if h.streams {
 		return wsredis.NewStreams(c, &wsredis.StreamsOptions{Options: o, MaxLen: h.maxLen})
 	}
@@ -71,6 +72,13 @@ func (h *harness) Close() {
 	}
 }
 
+// conformancePresenceTTL is the PresenceTTL of the harnesses' nodes: short,
+// so that the Presence cases see an instance expire within seconds.
+const conformancePresenceTTL = 400 * time.Millisecond
+
+// pubsubFeatures are what PubSub promises: the core contract and presence.
+var pubsubFeatures = backplanetest.Features{Presence: true, PresenceTTL: conformancePresenceTTL}
+
 func randomHex() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
@@ -81,14 +89,14 @@ func TestConformanceRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
 		return &harness{addr: srv.Addr()}, nil
-	}, backplanetest.Features{})
+	}, pubsubFeatures)
 }
 
 func TestConformanceRedisCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3)
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {
 		return &harness{cluster: c.Addrs()}, nil
-	}, backplanetest.Features{})
+	}, pubsubFeatures)
 }
 
 // streamsMaxLen is the MaxLen of the Streams harnesses: small, so that the
@@ -96,8 +104,9 @@ func TestConformanceRedisCluster(t *testing.T) {
 const streamsMaxLen = 10
 
 // streamsFeatures are what Streams promises: replay by offset, keeping
-// at least MaxLen messages per channel.
-var streamsFeatures = backplanetest.Features{Replay: true, Retained: streamsMaxLen}
+// at least MaxLen messages per channel, and presence.
+var streamsFeatures = backplanetest.Features{Replay: true, Retained: streamsMaxLen,
+	Presence: true, PresenceTTL: conformancePresenceTTL}
 
 func TestConformanceStreamsMiniredis(t *testing.T) {
 	backplanetest.Run(t, func(ctx context.Context, t *testing.T) (backplanetest.Harness, error) {

@@ -75,7 +75,8 @@ type core struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	pub *publisher
+	pub  *publisher
+	pres *presence // the presence record (presence.go)
 
 	mu      sync.Mutex
 	started bool
@@ -122,6 +123,10 @@ func (c *core) init(client goredis.UniversalClient, o Options, m mode, logs logS
 		maxBatch:  o.MaxBatch,
 		logs:      logs,
 		done:      c.countPublish,
+	})
+	c.pres = newPresence(presenceConfig{
+		write: c.busClient, read: client, prefix: o.Prefix, sharded: sharded,
+		ttl: o.PresenceTTL, id: c.id, ctx: c.ctx, log: o.Logger,
 	})
 	return nil
 }
@@ -296,6 +301,7 @@ func (c *core) Close() error {
 	c.mu.Unlock()
 
 	c.cancel()
+	c.pres.close()
 	for _, s := range subs {
 		s.close()
 	}

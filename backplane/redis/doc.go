@@ -17,9 +17,9 @@
 //     offset. Only a Streams is a backplane.Log, and only StreamsOptions
 //     have the retention settings (MaxLen, MaxAge, EpochTTL).
 //
-// Both are a backplane.Backplane, a backplane.Notifier and a
-// backplane.Checker, and have Stats (a Streams has more of them,
-// StreamsStats).
+// Both are a backplane.Backplane, a backplane.Notifier, a
+// backplane.Checker and a backplane.Presence, and have Stats (a Streams has
+// more of them, StreamsStats).
 //
 // # Delivery
 //
@@ -96,6 +96,40 @@
 // connection per group it uses. When a slot moves to another master, Redis
 // drops the subscriptions and the backplane rebuilds them on the new owner
 // (reported as down and restored, with Gap set).
+//
+// # Presence
+//
+// Both backplanes are a backplane.Presence: the cluster-wide record of who
+// is connected that the hub keeps (Online, TopicCount, TopicMembers, presence
+// events, Limits.ClusterSessionsPerUser). For each presence key it keeps a
+// hash of members and their sessions across the cluster (HLEN is the
+// count), a sorted set that pages members in byte order by ZRANGEBYLEX in
+// O(log n + limit), and each instance's own entries, all under one hash tag,
+// so that on a Redis Cluster a key's record is in one slot and every update
+// is one atomic script there. An update sets absolute counts, so it can be
+// sent again safely, and its Limit is checked in the same script: of two
+// nodes racing for the last place, one gets it.
+//
+// Each node's instance holds a lease in a sorted set, renewed by
+// RefreshPresence every third of Options.PresenceTTL (10s by default): one
+// script, however many entries the node has. Redis refuses an update that
+// arrives after its instance's lease ended. When a node dies or is cut off,
+// the next refresh of another node, one second after the lease ended (the
+// clock skew allowed between a cluster's masters), removes its entries key
+// by key, a bounded amount per refresh, and reports the members that left:
+// at most PresenceTTL + PresenceTTL/3 + 1s after the dead node's last
+// refresh. The cut-off node's next refresh reports its instance Lost, as it
+// does after a Redis restart that lost the record, and the hub writes its
+// entries again under a new one.
+//
+// A connect costs one round trip of pipelined scripts with one Redis; with a
+// cluster, one more (a SADD) the first time the instance has an entry in a
+// key, and one (an SREM) when it has none left. Reads are one command each.
+// The record needs no persistence to be right after a restart. With a
+// cluster, a failover that loses acknowledged writes of one master but not
+// of another can leave behind the entries of a node that dies later, which
+// no refresh then removes; eviction can do the same anywhere. Use
+// maxmemory-policy noeviction, and persistence on the masters.
 //
 // # Ownership
 //

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	goredis "github.com/redis/go-redis/v9"
@@ -23,21 +24,21 @@ func TestHubMiniredis(t *testing.T) {
 	wshubtest.RunHub(t, func(_ context.Context, t *testing.T) (wshubtest.Harness, error) {
 		mr := miniredis.RunT(t)
 		return newHubHarness(t, false, mr.Addr()), nil
-	}, wshubtest.Features{})
+	}, wshubtest.Features{Presence: true, PresenceTTL: hubPresenceTTL})
 }
 
 func TestHubRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	wshubtest.RunHub(t, func(_ context.Context, t *testing.T) (wshubtest.Harness, error) {
 		return newHubHarness(t, false, srv.Addr()), nil
-	}, wshubtest.Features{})
+	}, wshubtest.Features{Presence: true, PresenceTTL: hubPresenceTTL})
 }
 
 func TestHubRedisStreams(t *testing.T) {
 	srv := redistest.Start(t)
 	wshubtest.RunHub(t, func(_ context.Context, t *testing.T) (wshubtest.Harness, error) {
 		return newHubHarness(t, true, srv.Addr()), nil
-	}, wshubtest.Features{CatchUp: true})
+	}, wshubtest.Features{CatchUp: true, Presence: true, PresenceTTL: hubPresenceTTL})
 }
 
 // TestHubRedisCluster has no faults: a cluster client follows the
@@ -48,13 +49,17 @@ func TestHubRedisCluster(t *testing.T) {
 		h := newHubHarness(t, false, "")
 		h.cluster = rc.Addrs()
 		return clusterHarness{h}, nil
-	}, wshubtest.Features{})
+	}, wshubtest.Features{Presence: true, PresenceTTL: hubPresenceTTL})
 }
+
+// hubPresenceTTL is the presence time to live of the suite's nodes: short,
+// so that a cut node's sessions expire quickly.
+const hubPresenceTTL = 400 * time.Millisecond
 
 // newHubBackplane makes one node's backplane: the one place that knows
 // how this package's constructors are called.
 func newHubBackplane(client goredis.UniversalClient, prefix string, streams bool) (backplane.Backplane, error) {
-	o := wsredis.Options{Prefix: prefix, Logger: quiet}
+	o := wsredis.Options{Prefix: prefix, Logger: quiet, PresenceTTL: hubPresenceTTL}
 	if streams {
 		return wsredis.NewStreams(client, &wsredis.StreamsOptions{Options: o})
 	}

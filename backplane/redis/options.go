@@ -45,6 +45,15 @@ type Options struct {
 	// MaxBatch is the most commands in one publish pipeline. Default 256.
 	MaxBatch int
 
+	// PresenceTTL is how long an instance of the presence record
+	// (backplane.Presence) stays alive after its last RefreshPresence,
+	// which the caller repeats every third of it. A node that dies, or is
+	// cut off from Redis for longer, has its entries removed by the other
+	// nodes at most PresenceTTL + PresenceTTL/3 + 1s after its last
+	// refresh (the second allows for the clocks of a cluster's masters).
+	// At least 100ms. Default 10s.
+	PresenceTTL time.Duration
+
 	// Logger receives the backplane's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -86,7 +95,7 @@ func (o *Options) withDefaults() (Options, error) {
 	if c.Prefix == "" {
 		c.Prefix = "wshub:"
 	}
-	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.Shards < 0 || c.Pipelines < 0 || c.MaxBatch < 0 {
+	if c.ProbeInterval < 0 || c.ProbeTimeout < 0 || c.Shards < 0 || c.Pipelines < 0 || c.MaxBatch < 0 || c.PresenceTTL < 0 {
 		return c, fmt.Errorf("%w: negative value", ErrInvalidOptions)
 	}
 	if c.ProbeInterval == 0 {
@@ -103,6 +112,12 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if c.MaxBatch == 0 {
 		c.MaxBatch = 256
+	}
+	if c.PresenceTTL == 0 {
+		c.PresenceTTL = 10 * time.Second
+	}
+	if c.PresenceTTL < presenceMinTTL {
+		return c, fmt.Errorf("%w: PresenceTTL %v is below %v", ErrInvalidOptions, c.PresenceTTL, presenceMinTTL)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -132,7 +132,7 @@ func TestOpenURL(t *testing.T) {
 	ctx, cancel := context.WithTimeout(bg, 5*time.Second)
 	defer cancel()
 
-	bp, err := backplane.Open(ctx, "redis://"+mr.Addr()+"/0?mode=pubsub&prefix=app1:&probe_interval=200ms&pipelines=2&dial_timeout=1s")
+	bp, err := backplane.Open(ctx, "redis://"+mr.Addr()+"/0?mode=pubsub&prefix=app1:&probe_interval=200ms&presence_ttl=300ms&pipelines=2&dial_timeout=1s")
 	require.NoError(t, err)
 	got := make(chan string, 1)
 	require.NoError(t, bp.Start(func(m backplane.Message) { got <- m.Channel + "=" + string(m.Payload) }))
@@ -150,6 +150,7 @@ func TestOpenURL(t *testing.T) {
 		"redis://" + mr.Addr() + "?mode=pubsub&epoch_ttl=1h",
 		"redis://" + mr.Addr() + "?mode=streams&max_age=2h&epoch_ttl=1h",
 		"redis://" + mr.Addr() + "?probe_interval=soon",
+		"redis://" + mr.Addr() + "?presence_ttl=1ms", // below the least it takes
 		"redis://" + mr.Addr() + "?shards=-3",
 		"redis://" + mr.Addr() + "?no_such_option=1",
 	} {

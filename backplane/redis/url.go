@@ -24,8 +24,8 @@ func init() {
 //
 // The backplane is a *PubSub, or a *Streams with mode=streams. The options
 // of this package are query parameters: mode (pubsub, the default, or
-// streams), prefix, probe_interval, probe_timeout (durations such as
-// 500ms), shards, pipelines, max_batch, and, with mode=streams only,
+// streams), prefix, probe_interval, probe_timeout, presence_ttl
+// (durations such as 500ms), shards, pipelines, max_batch, and, with mode=streams only,
 // max_len, max_age and epoch_ttl. cluster=true connects to a Redis
 // Cluster, with more seed nodes given as addr=host:port parameters. Every
 // other parameter goes to go-redis (ParseURL or ParseClusterURL), for
@@ -127,6 +127,7 @@ func parseQuery(u *url.URL) (urlConfig, error) {
 	}
 	take("probe_interval", dur(&o.ProbeInterval))
 	take("probe_timeout", dur(&o.ProbeTimeout))
+	take("presence_ttl", dur(&o.PresenceTTL))
 	take("shards", num(&o.Shards))
 	take("pipelines", num(&o.Pipelines))
 	take("max_batch", num(&o.MaxBatch))
