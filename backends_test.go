@@ -52,6 +52,15 @@ func redisPubSub(o wsredis.Options) redisBackplane {
 	}
 }
 
+// redisPubSubAt makes wsredis.PubSub backplanes with o on the given
+// prefix, whatever prefix the caller picked.
+func redisPubSubAt(prefix string, o wsredis.Options) redisBackplane {
+	mk := redisPubSub(o)
+	return func(client goredis.UniversalClient, _ string) (backplane.Backplane, func() uint64, error) {
+		return mk(client, prefix)
+	}
+}
+
 // redisStreams makes wsredis.Streams backplanes with o.
 func redisStreams(o wsredis.StreamsOptions) redisBackplane {
 	return func(client goredis.UniversalClient, prefix string) (backplane.Backplane, func() uint64, error) {

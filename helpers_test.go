@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(childRedisEnv); addr != "" {
+		runPresenceChild(addr, os.Getenv(childPrefixEnv)) // see TestPresenceOfAKilledNodeExpires
+	}
 	// go-redis's pool finishes a dial it started, with its own retries,
 	// in a goroutine that can outlive Client.Close for a moment when the
 	// server is gone (the fault tests kill it). It ends by itself.
@@ -130,9 +134,21 @@ func dial(t *testing.T, n *node, user string) *client {
 
 func dialNoRead(t *testing.T, n *node, user string) *client {
 	t.Helper()
+	return dialURLNoRead(t, wsURL(n.srv)+"/ws?user="+user)
+}
+
+// dialURL dials the WebSocket URL u and reads in the background.
+func dialURL(t *testing.T, u string) *client {
+	t.Helper()
+	c := dialURLNoRead(t, u)
+	c.startReading()
+	return c
+}
+
+func dialURLNoRead(t *testing.T, u string) *client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	u := wsURL(n.srv) + "/ws?user=" + user
 	conn, _, err := websocket.Dial(ctx, u, nil)
 	require.NoError(t, err)
 	conn.SetReadLimit(-1)

