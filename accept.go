@@ -216,7 +216,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 // handshake completes reaches it. A session the registry refuses (a limit,
 // or a closing hub) leaves nothing behind: no interest, not even the inbox's.
 func (h *Hub) register(ctx context.Context, s *Session) error {
-	userReady, err := h.reg.add(s)
+	userReady, written, err := h.reg.add(s)
 	if err != nil {
 		return err
 	}
@@ -248,6 +248,16 @@ func (h *Hub) register(ctx context.Context, s *Session) error {
 	if err != nil {
 		h.reg.remove(s)
 		return fmt.Errorf("wshub: subscribe: %w", err)
+	}
+	// Once the handshake completes, Online counts the session on every
+	// node: its presence write was tried (in the same batch as those of
+	// other upgrades, and alongside the subscription). A failed write
+	// does not refuse the session; it is retried.
+	if written != nil {
+		select {
+		case <-written:
+		case <-ctx.Done():
+		}
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ import (
 
 // checklistACL is the Redis ACL the README's production checklist gives,
 // word for word.
-const checklistACL = `ACL SETUSER wshub on >secret ~wshub:* &wshub:* +@pubsub +@stream +get +set +exists +pexpire +time +ping +info +evalsha +eval +script|load`
+const checklistACL = `ACL SETUSER wshub on >secret ~wshub:* &wshub:* +@pubsub +@stream +@hash +@sortedset +@set +get +set +del +exists +pexpire +time +ping +info +evalsha +eval +script|load`
 
 // A node whose Redis user has only the checklist's rights works in both
 // modes: the README's ACL is enough, and it confines the node to its
@@ -42,6 +42,10 @@ func TestChecklistACLIsEnough(t *testing.T) {
 			cl := dial(t, n, "alice")
 			require.NoError(t, n.hub.Send(bg, "alice", Text("hi")))
 			require.Equal(t, "hi", cl.nextText())
+			require.Eventually(t, func() bool { // presence is written too
+				n, err := n.hub.Online(bg, "alice")
+				return err == nil && n == 1
+			}, waitFor, 10*time.Millisecond)
 			require.Eventually(t, func() bool { return n.hub.Health() == nil }, waitFor, 10*time.Millisecond)
 		})
 	}

@@ -28,8 +28,9 @@ type tracker struct {
 
 	mu       sync.Mutex
 	counts   map[presenceKey]int // sessions here, by key and member
-	dirty    map[presenceKey]struct{}
-	held     map[presenceKey]int // keys a reserve is pending for: not written by the goroutine
+	dirty    dirtyKeys
+	held     map[presenceKey]int             // keys a reserve is pending for: not written by the goroutine
+	waiters  map[presenceKey][]chan struct{} // closed once the key's next write was tried
 	instance string              // "<node>.<suffix>"; empty until the first write
 	lease    time.Time           // when to refresh the instance at the latest
 
@@ -60,8 +61,9 @@ func newTracker(p backplane.Presence, log *slog.Logger, node string, events func
 		node:   node,
 		events: events,
 		counts: make(map[presenceKey]int),
-		dirty:  make(map[presenceKey]struct{}),
-		held:   make(map[presenceKey]int),
+		dirty:   newDirtyKeys(),
+		held:    make(map[presenceKey]int),
+		waiters: make(map[presenceKey][]chan struct{}),
 		kick:   make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
@@ -75,12 +77,19 @@ func newTracker(p backplane.Presence, log *slog.Logger, node string, events func
 // count adds delta to the sessions of member in key. It never blocks: the
 // registry calls it under its lock. With hold, the key is held until
 // release: the goroutine does not write it, so that the reserve of a new
-// session is the write that checks its limit.
-func (t *tracker) count(key, member string, delta int, hold bool) {
+// session is the write that checks its limit. With wait, it returns a
+// channel closed once a write of the key made after this change was tried
+// (whether or not it succeeded), or when the tracker closes.
+func (t *tracker) count(key, member string, delta int, hold, wait bool) <-chan struct{} {
 	k := presenceKey{key, member}
+	var ch chan struct{}
 	t.mu.Lock()
 	if hold {
 		t.held[k]++
+	}
+	if wait {
+		ch = make(chan struct{})
+		t.waiters[k] = append(t.waiters[k], ch)
 	}
 	n := t.counts[k] + delta
 	if n <= 0 {
@@ -88,9 +97,18 @@ func (t *tracker) count(key, member string, delta int, hold bool) {
 	} else {
 		t.counts[k] = n
 	}
-	t.dirty[k] = struct{}{}
+	t.dirty.add(k)
 	t.mu.Unlock()
 	t.wake()
+	return ch
+}
+
+// triedLocked releases the waiters of k: a write of it was tried.
+func (t *tracker) triedLocked(k presenceKey) {
+	for _, ch := range t.waiters[k] {
+		close(ch)
+	}
+	delete(t.waiters, k)
 }
 
 func (t *tracker) wake() {
@@ -117,13 +135,18 @@ func (t *tracker) release(user string) {
 // record cannot be reached, which the caller may ignore (the write is
 // retried by the goroutine).
 func (t *tracker) reserve(ctx context.Context, user string, limit int) error {
+	k := presenceKey{userPrefix + user, user}
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		t.triedLocked(k)
+		t.mu.Unlock()
+	}()
 	inst, err := t.ensureInstance(ctx)
 	if err != nil {
 		return err
 	}
-	k := presenceKey{userPrefix + user, user}
 	t.mu.Lock()
 	n := t.counts[k]
 	t.mu.Unlock()
@@ -133,7 +156,7 @@ func (t *tracker) reserve(ctx context.Context, user string, limit int) error {
 	if err == nil {
 		t.mu.Lock()
 		if t.counts[k] == n {
-			delete(t.dirty, k)
+			t.dirty.remove(k)
 		}
 		t.mu.Unlock()
 	}
@@ -189,7 +212,7 @@ func (t *tracker) refresh(ctx context.Context) (string, error) {
 		if fresh {
 			// Everything this node holds goes to the new instance.
 			for k := range t.counts {
-				t.dirty[k] = struct{}{}
+				t.dirty.add(k)
 			}
 		}
 		t.instance, t.lease = inst, time.Now().Add(next)
@@ -264,32 +287,19 @@ func (t *tracker) step() (time.Duration, error) {
 // more are dirty. wmu is held.
 func (t *tracker) writeBatch() (more bool, err error) {
 	t.mu.Lock()
-	if len(t.dirty) == 0 {
+	inst := t.instance
+	// Oldest change first, so that a user's entries and the events they
+	// cause keep the order of what happened on this node.
+	keys, more := t.dirty.take(presenceBatch, func(k presenceKey) bool { return t.held[k] > 0 })
+	if len(keys) == 0 {
 		t.mu.Unlock()
 		return false, nil
 	}
-	inst := t.instance
-	ups := make([]backplane.PresenceUpdate, 0, min(len(t.dirty), presenceBatch))
-	for k := range t.dirty {
-		if t.held[k] > 0 {
-			continue // its reserve writes it
-		}
-		ups = append(ups, backplane.PresenceUpdate{Key: k.key, Member: k.member, Sessions: t.counts[k]})
-		delete(t.dirty, k)
-		if len(ups) == presenceBatch {
-			break
-		}
-	}
-	for k := range t.dirty {
-		if t.held[k] == 0 {
-			more = true
-			break
-		}
+	ups := make([]backplane.PresenceUpdate, len(keys))
+	for i, k := range keys {
+		ups[i] = backplane.PresenceUpdate{Key: k.key, Member: k.member, Sessions: t.counts[k]}
 	}
 	t.mu.Unlock()
-	if len(ups) == 0 {
-		return false, nil
-	}
 
 	ctx, cancel := context.WithTimeout(t.ctx, presenceCall)
 	changes, err := t.p.UpdatePresence(ctx, inst, ups)
@@ -297,16 +307,19 @@ func (t *tracker) writeBatch() (more bool, err error) {
 	if len(changes) > 0 {
 		t.events(changes)
 	}
-	if err != nil && !errors.Is(err, backplane.ErrOverLimit) {
-		// Written again later, with the counts of then.
-		t.mu.Lock()
-		for _, u := range ups {
-			t.dirty[presenceKey{u.Key, u.Member}] = struct{}{}
+	failed := err != nil && !errors.Is(err, backplane.ErrOverLimit)
+	t.mu.Lock()
+	for _, k := range keys {
+		if failed {
+			t.dirty.add(k) // written again later, with the count of then
 		}
-		if errors.Is(err, backplane.ErrUnavailable) {
-			t.lease = time.Time{} // the lease may be why: refresh first
-		}
-		t.mu.Unlock()
+		t.triedLocked(k)
+	}
+	if failed && errors.Is(err, backplane.ErrUnavailable) {
+		t.lease = time.Time{} // the lease may be why: refresh first
+	}
+	t.mu.Unlock()
+	if failed {
 		return false, err
 	}
 	return more, nil
@@ -319,7 +332,7 @@ func (t *tracker) close(ctx context.Context) {
 		stop := context.AfterFunc(ctx, t.end)
 		t.wmu.Lock()
 		t.mu.Lock()
-		live := t.instance != "" && len(t.dirty) > 0
+		live := t.instance != "" && t.dirty.len() > 0
 		t.mu.Unlock()
 		if live {
 			for {
@@ -335,6 +348,54 @@ func (t *tracker) close(ctx context.Context) {
 	t.end()
 	close(t.stop)
 	<-t.done
+	t.mu.Lock()
+	for k := range t.waiters {
+		t.triedLocked(k)
+	}
+	t.mu.Unlock()
+}
+
+// dirtyKeys is the set of keys to write, in the order they first changed.
+type dirtyKeys struct {
+	order []presenceKey // may hold keys no longer in set, skipped
+	set   map[presenceKey]struct{}
+}
+
+func newDirtyKeys() dirtyKeys { return dirtyKeys{set: make(map[presenceKey]struct{})} }
+
+func (d *dirtyKeys) len() int { return len(d.set) }
+
+func (d *dirtyKeys) add(k presenceKey) {
+	if _, ok := d.set[k]; !ok {
+		d.set[k] = struct{}{}
+		d.order = append(d.order, k)
+	}
+}
+
+func (d *dirtyKeys) remove(k presenceKey) { delete(d.set, k) }
+
+// take removes and returns up to n keys, oldest first, leaving those skip
+// reports in place, and reports whether keys that skip does not hold
+// remain.
+func (d *dirtyKeys) take(n int, skip func(presenceKey) bool) (keys []presenceKey, more bool) {
+	kept := d.order[:0]
+	for _, k := range d.order {
+		if _, ok := d.set[k]; !ok {
+			continue // removed since
+		}
+		if len(keys) < n && !skip(k) {
+			keys = append(keys, k)
+			delete(d.set, k)
+			continue
+		}
+		if !skip(k) {
+			more = true
+		}
+		kept = append(kept, k)
+	}
+	clear(d.order[len(kept):])
+	d.order = kept
+	return keys, more
 }
 
 // nodeOfInstance returns the node ID of a presence instance.

@@ -83,6 +83,13 @@ func testPresenceAcrossNodes(t *testing.T, e *env) {
 		}
 	})
 	a0 := c.Dial(t, 0, "alice")
+	// Once the handshake completes, every node counts the session: no
+	// wait.
+	for i := range 3 {
+		n, err := c.Hub(i).Online(bg, "alice")
+		require.NoError(t, err)
+		require.Equal(t, 1, n, "node%d: Online right after the handshake", i)
+	}
 	c.Dial(t, 1, "alice")
 	c.Dial(t, 1, "bob")
 	c.Dial(t, 0, "") // anonymous: in the topic, not counted

@@ -29,6 +29,9 @@ const (
 	readLimit = 16 << 10
 	// joinTimeout bounds the wait for the backplane to confirm a join.
 	joinTimeout = 10 * time.Second
+	// membersPage is how many members of a room a client is sent when it
+	// joins; the rest are counted ("+N more").
+	membersPage = 100
 )
 
 // lobby is the room every session joins when it connects.
@@ -51,14 +54,17 @@ type inbound struct {
 
 // outbound is a message to a client; empty fields are left out.
 type outbound struct {
-	Type string `json:"type"`
-	User string `json:"user,omitempty"` // welcome
-	Node string `json:"node,omitempty"` // welcome
-	Room string `json:"room,omitempty"`
-	From string `json:"from,omitempty"`
-	To   string `json:"to,omitempty"`
-	Text string `json:"text,omitempty"`
-	At   string `json:"at,omitempty"`
+	Type    string   `json:"type"`
+	User    string   `json:"user,omitempty"` // welcome, presence
+	Node    string   `json:"node,omitempty"` // welcome
+	Room    string   `json:"room,omitempty"`
+	From    string   `json:"from,omitempty"`
+	To      string   `json:"to,omitempty"`
+	Text    string   `json:"text,omitempty"`
+	At      string   `json:"at,omitempty"`
+	State   string   `json:"state,omitempty"`   // presence: "joined" or "left"
+	Members []string `json:"members,omitempty"` // members: the first page
+	Count   int      `json:"count,omitempty"`   // members: users in the room
 }
 
 // chat is the application: an http.Handler serving the page at / and the hub
@@ -81,7 +87,10 @@ func newChat(bp backplane.Backplane, nodeID string, log *slog.Logger) (*chat, er
 		OnConnect:    c.onConnect,
 		OnMessage:    c.onMessage,
 		OnDisconnect: c.onDisconnect,
-		ReadLimit:    readLimit,
+		// The hub broadcasts this to a room when a user first joins it or
+		// last leaves it, once cluster-wide: the member lists stay live.
+		PresenceMessage: presenceMessage,
+		ReadLimit:       readLimit,
 		// The limits to start from (these are the defaults, spelled out):
 		// a user's tabs, a busy typist's frames, and what one socket may send.
 		Limits: wshub.Limits{
@@ -221,6 +230,7 @@ func (c *chat) join(ctx context.Context, s *wshub.Session, room string) error {
 	if !slices.Contains(topics, room) && len(topics) >= maxRooms {
 		return fmt.Errorf("too many rooms, leave one first (limit %d)", maxRooms)
 	}
+	already := s.InTopic(room)
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	// Join returns once broadcasts to the room reach this session.
@@ -229,7 +239,56 @@ func (c *chat) join(ctx context.Context, s *wshub.Session, room string) error {
 		return fmt.Errorf("could not join %q, try again", room)
 	}
 	c.reply(s, outbound{Type: "joined", Room: room})
+	if !already { // the client's list of a room it was in is live already
+		c.sendMembers(ctx, s, room)
+	}
 	return nil
+}
+
+// sendMembers sends the session the first page of the room's members and
+// their number. They are read after the join, so every change from then on
+// comes as a presence message; one the page already holds may come too,
+// which is why a client applies presence messages on top of the page even
+// when they arrive before it. A list that cannot be read is left out: the
+// join stands.
+func (c *chat) sendMembers(ctx context.Context, s *wshub.Session, room string) {
+	// The count and the page are two reads, not one snapshot. A page that
+	// holds the whole room is its own count; past one page, the count is
+	// read first, so that the presence messages make up for what changes
+	// between the reads (all but a user who joins in between and sorts into
+	// the page: the count is then one short).
+	n, err := c.hub.TopicCount(ctx, room)
+	var page []wshub.Member
+	var next string
+	if err == nil {
+		page, next, err = c.hub.TopicMembers(ctx, room, "", membersPage)
+	}
+	if err != nil {
+		level := slog.LevelWarn
+		if errors.Is(err, wshub.ErrNoPresence) {
+			level = slog.LevelDebug // a backplane that keeps no presence
+		}
+		c.log.Log(ctx, level, "member list not sent", "room", room, "err", err)
+		return
+	}
+	names := make([]string, len(page))
+	for i, m := range page {
+		names[i] = m.UserID
+	}
+	if next == "" {
+		n = len(names)
+	}
+	c.reply(s, outbound{Type: "members", Room: room, Members: names, Count: max(n, len(names))})
+}
+
+// presenceMessage is the hub's Options.PresenceMessage: it tells a room that
+// a user joined it (their first session in it, on any node) or left it
+// (their last one left or disconnected).
+func presenceMessage(ev wshub.PresenceEvent) (wshub.Message, bool) {
+	if ev.Kind != wshub.PresenceJoined && ev.Kind != wshub.PresenceLeft {
+		return wshub.Message{}, false
+	}
+	return encode(outbound{Type: "presence", Room: ev.Topic, User: ev.UserID, State: ev.Kind.String()}), true
 }
 
 func (c *chat) leave(s *wshub.Session, room string) error {
@@ -267,8 +326,13 @@ func (c *chat) say(ctx context.Context, s *wshub.Session, room, text string) err
 }
 
 // dm sends to every session of the recipient and of the sender, so that the
-// sender's other tabs show the conversation too. A recipient who is not
-// connected anywhere simply receives nothing.
+// sender's other tabs show the conversation too. A recipient who is connected
+// nowhere is not sent anything: this tab of the sender is told so instead.
+//
+// Online reads the cluster's presence record, so this is no delivery
+// receipt: a tab that connected a moment ago may not be in the record yet,
+// one that just closed may still be, and one whose node was killed is until
+// the record drops it (see "Presence" in the wshub package doc).
 func (c *chat) dm(ctx context.Context, s *wshub.Session, to, text string) error {
 	if !validName(to) {
 		return errors.New(`"to" must be a user name: 1-32 letters, digits, '-' or '_'`)
@@ -277,6 +341,19 @@ func (c *chat) dm(ctx context.Context, s *wshub.Session, to, text string) error 
 		return err
 	}
 	from := s.UserID()
+	if to != from { // a note to oneself always has a recipient
+		n, err := c.hub.Online(ctx, to)
+		switch {
+		case errors.Is(err, wshub.ErrNoPresence):
+			// The backplane keeps no presence record: send regardless.
+		case err != nil:
+			c.log.Warn("presence not read", "user", to, "err", err)
+			return errDelivery
+		case n == 0:
+			c.reply(s, outbound{Type: "undelivered", To: to, Text: to + " is offline; the message was not delivered"})
+			return nil
+		}
+	}
 	msg := encode(outbound{Type: "dm", From: from, To: to, Text: text, At: now()})
 	err := c.hub.Send(ctx, to, msg)
 	if err == nil && to != from {
@@ -299,7 +376,7 @@ func (c *chat) reply(s *wshub.Session, v outbound) {
 func encode(v outbound) wshub.Message {
 	b, err := json.Marshal(v)
 	if err != nil {
-		panic(err) // outbound holds only strings
+		panic(err) // outbound holds only strings and an int
 	}
 	return wshub.Text(string(b))
 }

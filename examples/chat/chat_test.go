@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -58,17 +60,22 @@ func startChat(t *testing.T, bp backplane.Backplane, nodeID string) *httptest.Se
 
 // event is any message the server sends.
 type event struct {
-	Type string `json:"type"`
-	User string `json:"user"`
-	Node string `json:"node"`
-	Room string `json:"room"`
-	From string `json:"from"`
-	To   string `json:"to"`
-	Text string `json:"text"`
-	At   string `json:"at"`
+	Type    string   `json:"type"`
+	User    string   `json:"user"`
+	Node    string   `json:"node"`
+	Room    string   `json:"room"`
+	From    string   `json:"from"`
+	To      string   `json:"to"`
+	Text    string   `json:"text"`
+	At      string   `json:"at"`
+	State   string   `json:"state"`
+	Members []string `json:"members"`
+	Count   int      `json:"count"`
 }
 
 // client is a WebSocket client whose messages are read in the background.
+// It keeps the member lists of its rooms as the page does: "members" and
+// "presence" messages go to them, every other message to msgs.
 type client struct {
 	t    *testing.T
 	name string
@@ -76,6 +83,156 @@ type client struct {
 	msgs chan []byte
 	done chan struct{}
 	err  error // why reading stopped, valid after done
+
+	mu      sync.Mutex
+	lists   map[string]*memberList // by room
+	changed chan struct{}          // signaled when a list changes
+}
+
+// memberList is a client's member list of one room: the "members" page,
+// with the "presence" messages applied on top of it in the order they
+// arrive, those that came before it included.
+type memberList struct {
+	page  string // the "members" message as sent; empty until it arrives
+	pages int    // how many "members" messages came
+	users map[string]bool
+	more  int     // users in the room not on the page
+	early []event // presence messages that came before the page
+}
+
+func (l *memberList) apply(p event) {
+	switch {
+	case p.State == "joined" && l.users[p.User]:
+	case p.State == "joined" && len(l.users) < membersPage:
+		l.users[p.User] = true
+	case p.State == "joined":
+		l.more++
+	case l.users[p.User]:
+		delete(l.users, p.User)
+	case l.more > 0:
+		l.more--
+	}
+}
+
+// track applies e to the member lists, reporting whether it is for them.
+func (c *client) track(e event, raw []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.lists[e.Room]
+	if l == nil && (e.Type == "members" || e.Type == "presence") {
+		l = &memberList{}
+		c.lists[e.Room] = l
+	}
+	switch e.Type {
+	case "members":
+		l.page, l.pages = string(raw), l.pages+1
+		l.users = make(map[string]bool)
+		for _, u := range e.Members {
+			l.users[u] = true
+		}
+		l.more = e.Count - len(e.Members)
+		for _, p := range l.early {
+			l.apply(p)
+		}
+		l.early = nil
+	case "presence":
+		if l.page == "" {
+			l.early = append(l.early, e)
+		} else {
+			l.apply(e)
+		}
+	case "left":
+		delete(c.lists, e.Room)
+		return false // it goes to msgs too
+	default:
+		return false
+	}
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// members returns the room's member list: its users, sorted, and how many
+// more there are; ok is false until the list's page arrived.
+func (c *client) members(room string) (users []string, more int, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.lists[room]
+	if l == nil || l.page == "" {
+		return nil, 0, false
+	}
+	for u := range l.users {
+		users = append(users, u)
+	}
+	slices.Sort(users)
+	return users, l.more, true
+}
+
+// page returns the room's "members" message as sent, and how many came.
+func (c *client) page(room string) (raw string, pages int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l := c.lists[room]; l != nil {
+		return l.page, l.pages
+	}
+	return "", 0
+}
+
+// waitMembers waits until the room's member list is exactly want, with no
+// "+N more".
+func (c *client) waitMembers(room string, want ...string) {
+	c.t.Helper()
+	c.waitList(room, 0, want...)
+}
+
+// waitList waits until the room's member list is want, plus more.
+func (c *client) waitList(room string, more int, want ...string) {
+	c.t.Helper()
+	want = slices.Sorted(slices.Values(want))
+	c.waitUntil(room, fmt.Sprintf("%v +%d", want, more), func(users []string, n int) bool {
+		return n == more && slices.Equal(users, want)
+	})
+}
+
+// waitCount waits until the room's member list counts n users, listed or
+// not.
+func (c *client) waitCount(room string, n int) {
+	c.t.Helper()
+	c.waitUntil(room, fmt.Sprintf("%d users", n), func(users []string, more int) bool {
+		return len(users)+more == n
+	})
+}
+
+// waitUntil waits until the room's member list, once its page came, is as
+// ok says.
+func (c *client) waitUntil(room, want string, ok func(users []string, more int) bool) {
+	c.t.Helper()
+	deadline := time.After(waitFor)
+	ended := false
+	for {
+		users, more, paged := c.members(room)
+		if paged && ok(users, more) {
+			return
+		}
+		if ended {
+			c.t.Fatalf("%s: connection ended (%v) with the members of %q %v +%d, want %s", c.name, c.err, room, users, more, want)
+		}
+		select {
+		case <-c.changed:
+		case <-c.done:
+			ended = true
+		case <-deadline:
+			c.t.Fatalf("%s: the members of %q are %v +%d (page received: %v), want %s", c.name, room, users, more, paged, want)
+		}
+	}
+}
+
+// close drops the connection at once and waits for its reader to stop.
+func (c *client) close() {
+	_ = c.conn.CloseNow()
+	<-c.done
 }
 
 func wsURL(httpURL, name string) string {
@@ -90,7 +247,10 @@ func dial(t *testing.T, httpURL, name, node string) *client {
 	defer cancel()
 	conn, _, err := websocket.Dial(ctx, wsURL(httpURL, name), nil)
 	require.NoError(t, err)
-	c := &client{t: t, name: name, conn: conn, msgs: make(chan []byte, 100), done: make(chan struct{})}
+	c := &client{
+		t: t, name: name, conn: conn, msgs: make(chan []byte, 100), done: make(chan struct{}),
+		lists: make(map[string]*memberList), changed: make(chan struct{}, 1),
+	}
 	go func() {
 		defer close(c.done)
 		for {
@@ -98,6 +258,10 @@ func dial(t *testing.T, httpURL, name, node string) *client {
 			if err != nil {
 				c.err = err
 				return
+			}
+			var e event
+			if json.Unmarshal(data, &e) == nil && c.track(e, data) {
+				continue
 			}
 			c.msgs <- data
 		}
@@ -176,6 +340,9 @@ func TestRoomMessagesAndDirectMessages(t *testing.T) {
 	alice2 := dial(t, srv.URL, "alice", "") // a second tab of alice
 	bob := dial(t, srv.URL, "bob", "")
 	carol := dial(t, srv.URL, "carol", "")
+	// A DM is sent only to a user the presence record holds: wait until it
+	// holds everyone.
+	alice.waitMembers("lobby", "alice", "bob", "carol")
 
 	// Everyone in the lobby receives the very same message, the sender too.
 	alice.send(`{"type":"say","room":"lobby","text":"hello <everyone> & \"all\""}`)
@@ -247,6 +414,11 @@ func TestRooms(t *testing.T) {
 	bob.expect(event{Type: "message", Room: "go", From: "bob", Text: "bye"})
 	bob.send(`{"type":"say","room":"lobby","text":"marker"}`)
 	alice.expect(event{Type: "message", Room: "lobby", From: "bob", Text: "marker"})
+
+	// bob's second join of "go" sent no second member list: it would have
+	// come before the messages he received since.
+	_, pages := bob.page("go")
+	assert.Equal(t, 1, pages)
 }
 
 func TestInvalidInputGetsAnError(t *testing.T) {
@@ -337,20 +509,29 @@ func TestPage(t *testing.T) {
 	assert.Equal(t, http.StatusNotFound, resp.StatusCode)
 }
 
-// TestTwoNodes runs two chat servers on one memory bus, as two processes
-// would run on one Redis: users on different nodes share rooms and DMs.
-func TestTwoNodes(t *testing.T) {
+// startCluster serves one chat per node ID, all on one memory bus, as
+// processes would run on one Redis.
+func startCluster(t *testing.T, ids ...string) map[string]*httptest.Server {
+	t.Helper()
 	bus := memory.NewBus()
 	srvs := map[string]*httptest.Server{}
-	for _, id := range []string{"a", "b"} {
+	for _, id := range ids {
 		bp, err := bus.NewNode(id)
 		require.NoError(t, err)
 		t.Cleanup(func() { assert.NoError(t, bp.Close()) }) // after the chat's cleanup
 		srvs[id] = startChat(t, bp, id)
 	}
+	return srvs
+}
+
+// TestTwoNodes runs two chat servers on one memory bus: users on different
+// nodes share rooms and DMs.
+func TestTwoNodes(t *testing.T) {
+	srvs := startCluster(t, "a", "b")
 	alice := dial(t, srvs["a"].URL, "alice", "a")
 	bob := dial(t, srvs["b"].URL, "bob", "b")
 	bob2 := dial(t, srvs["a"].URL, "bob", "a") // bob's second tab, on the other node
+	bob.waitMembers("lobby", "alice", "bob")   // alice is online for bob's DM
 
 	alice.send(`{"type":"say","room":"lobby","text":"hi from a"}`)
 	raw := alice.nextRaw()
@@ -371,6 +552,159 @@ func TestTwoNodes(t *testing.T) {
 	alice.expect(dm)
 	bob.expect(dm)
 	bob2.expect(dm) // bob2 is not in "go": this DM is its next message
+}
+
+// A room's member list is live on every node: it is sent on join, then kept
+// up to date by presence messages as users join and leave, on either node,
+// by leaving the room or by disconnecting.
+func TestLiveMemberListAcrossNodes(t *testing.T) {
+	srvs := startCluster(t, "a", "b")
+	alice := dial(t, srvs["a"].URL, "alice", "a")
+	alice.waitMembers("lobby", "alice")
+	alice.send(`{"type":"join","room":"go"}`)
+	alice.expect(event{Type: "joined", Room: "go"})
+	alice.waitMembers("go", "alice")
+
+	// bob joins on the other node: both lists have him.
+	bob := dial(t, srvs["b"].URL, "bob", "b")
+	bob.send(`{"type":"join","room":"go"}`)
+	bob.expect(event{Type: "joined", Room: "go"})
+	bob.waitMembers("go", "alice", "bob")
+	alice.waitMembers("go", "alice", "bob")
+	alice.waitMembers("lobby", "alice", "bob")
+
+	// A second tab of bob, on node a, is sent the list as it stands.
+	bob2 := dial(t, srvs["a"].URL, "bob", "a")
+	bob2.send(`{"type":"join","room":"go"}`)
+	bob2.expect(event{Type: "joined", Room: "go"})
+	bob2.waitMembers("go", "alice", "bob")
+	page, _ := bob2.page("go")
+	assert.JSONEq(t, `{"type":"members","room":"go","members":["alice","bob"],"count":2}`, page)
+
+	// bob leaves "go" on node b, but his tab on node a is still in it: he
+	// stays listed, and carol, joining on node b, is sent him too.
+	bob.send(`{"type":"leave","room":"go"}`)
+	bob.expect(event{Type: "left", Room: "go"})
+	carol := dial(t, srvs["b"].URL, "carol", "b")
+	carol.send(`{"type":"join","room":"go"}`)
+	carol.expect(event{Type: "joined", Room: "go"})
+	for _, c := range []*client{alice, bob2, carol} {
+		c.waitMembers("go", "alice", "bob", "carol")
+	}
+	page, _ = carol.page("go")
+	var e event
+	require.NoError(t, json.Unmarshal([]byte(page), &e))
+	assert.Subset(t, e.Members, []string{"alice", "bob"}, page) // carol herself may not be in the record yet
+	_, _, ok := bob.members("go")
+	assert.False(t, ok, "bob's session that left go keeps no list of it")
+
+	// bob's last tab in "go" disconnects: he is gone from the lists on
+	// both nodes.
+	bob2.close()
+	alice.waitMembers("go", "alice", "carol")
+	carol.waitMembers("go", "alice", "carol")
+
+	// carol leaves: alice is alone again.
+	carol.send(`{"type":"leave","room":"go"}`)
+	carol.expect(event{Type: "left", Room: "go"})
+	alice.waitMembers("go", "alice")
+	alice.waitMembers("lobby", "alice", "bob", "carol")
+}
+
+// A room's first list names at most membersPage users and counts the rest;
+// the client keeps it live, listing no more than that.
+func TestMemberListPage(t *testing.T) {
+	srv := startChat(t, nil, "")
+	var users []*client
+	var names []string
+	for i := range membersPage + 1 {
+		name := fmt.Sprintf("u%03d", i)
+		names = append(names, name)
+		users = append(users, dial(t, srv.URL, name, ""))
+	}
+	// Once the first user counts everyone, the record holds everyone.
+	users[0].waitCount("lobby", len(names))
+
+	// A second tab of u000 is sent the first membersPage users, in byte
+	// order, and the count of all of them.
+	tab := dial(t, srv.URL, "u000", "")
+	tab.waitList("lobby", 1, names[:membersPage]...)
+	page, _ := tab.page("lobby")
+	var e event
+	require.NoError(t, json.Unmarshal([]byte(page), &e))
+	assert.Equal(t, names[:membersPage], e.Members)
+	assert.Equal(t, membersPage+1, e.Count)
+
+	// The count stays live past the page: u100, the one not listed, leaves,
+	// and a newcomer joins.
+	users[membersPage].close()
+	tab.waitList("lobby", 0, names[:membersPage]...)
+	dial(t, srv.URL, "zed", "")
+	tab.waitList("lobby", 1, names[:membersPage]...)
+	// Once a listed user leaves, the next to join is listed.
+	users[1].close()
+	listed := slices.Delete(slices.Clone(names[:membersPage]), 1, 2) // without u001
+	tab.waitList("lobby", 1, listed...)
+	dial(t, srv.URL, "yan", "")
+	tab.waitList("lobby", 1, append(listed, "yan")...)
+}
+
+// A DM to a user who is connected nowhere is not sent: the sender is told
+// the user is offline. Once the user connects, DMs are delivered again.
+func TestDirectMessageToOfflineUser(t *testing.T) {
+	srvs := startCluster(t, "a", "b")
+	alice := dial(t, srvs["a"].URL, "alice", "a")
+	alice2 := dial(t, srvs["b"].URL, "alice", "b") // another tab of alice's
+	alice.waitMembers("lobby", "alice")
+
+	offline := event{Type: "undelivered", To: "bob", Text: "bob is offline; the message was not delivered"}
+	alice.send(`{"type":"dm","to":"bob","text":"anyone there?"}`)
+	alice.expect(offline)
+	// Only the tab that sent it is told; alice2's next message is a later
+	// one.
+	alice.send(`{"type":"say","room":"lobby","text":"marker"}`)
+	marker := event{Type: "message", Room: "lobby", From: "alice", Text: "marker"}
+	alice.expect(marker)
+	alice2.expect(marker)
+
+	// bob connects on the other node: he gets the DM, and no one is told
+	// otherwise.
+	bob := dial(t, srvs["b"].URL, "bob", "b")
+	alice.waitMembers("lobby", "alice", "bob")
+	alice.send(`{"type":"dm","to":"bob","text":"hi"}`)
+	dm := event{Type: "dm", From: "alice", To: "bob", Text: "hi"}
+	bob.expect(dm)
+	alice.expect(dm)
+	alice2.expect(dm)
+
+	// bob disconnects: he is offline again, on every node.
+	bob.close()
+	alice.waitMembers("lobby", "alice")
+	alice2.send(`{"type":"dm","to":"bob","text":"come back"}`)
+	alice2.expect(offline)
+	// A note to oneself is always delivered.
+	alice2.send(`{"type":"dm","to":"alice","text":"note"}`)
+	note := event{Type: "dm", From: "alice", To: "alice", Text: "note"}
+	alice.expect(note)
+	alice2.expect(note)
+}
+
+// The presence messages are in the chat's wire format, for joins and
+// leaves of rooms only.
+func TestPresenceMessage(t *testing.T) {
+	for kind, want := range map[wshub.PresenceKind]string{
+		wshub.PresenceJoined: `{"type":"presence","room":"go","user":"bob","state":"joined"}`,
+		wshub.PresenceLeft:   `{"type":"presence","room":"go","user":"bob","state":"left"}`,
+	} {
+		m, ok := presenceMessage(wshub.PresenceEvent{Kind: kind, UserID: "bob", Topic: "go"})
+		require.True(t, ok, kind)
+		assert.Equal(t, wshub.MessageText, m.Type)
+		assert.JSONEq(t, want, string(m.Data))
+	}
+	for _, kind := range []wshub.PresenceKind{wshub.PresenceOnline, wshub.PresenceOffline} {
+		_, ok := presenceMessage(wshub.PresenceEvent{Kind: kind, UserID: "bob"})
+		assert.False(t, ok, kind)
+	}
 }
 
 // syncBuffer is a bytes.Buffer safe for concurrent use.
@@ -462,6 +796,7 @@ func TestTwoRunsOnRedisFormOneChat(t *testing.T) {
 	b := startRun(t, "-node", "b", "-backplane", bpURL)
 	alice := dial(t, a.base, "alice", "a")
 	bob := dial(t, b.base, "bob", "b")
+	bob.waitMembers("lobby", "alice", "bob") // alice is online for bob's DM
 
 	alice.send(`{"type":"say","room":"lobby","text":"hello from a"}`)
 	want := event{Type: "message", Room: "lobby", From: "alice", Text: "hello from a"}
@@ -471,6 +806,12 @@ func TestTwoRunsOnRedisFormOneChat(t *testing.T) {
 	dm := event{Type: "dm", From: "bob", To: "alice", Text: "hi from b"}
 	alice.expect(dm)
 	bob.expect(dm)
+
+	// alice leaves: bob, on the other process, is told she is offline.
+	alice.close()
+	bob.waitMembers("lobby", "bob")
+	bob.send(`{"type":"dm","to":"alice","text":"still there?"}`)
+	bob.expect(event{Type: "undelivered", To: "alice", Text: "alice is offline; the message was not delivered"})
 }
 
 func TestRunBadArguments(t *testing.T) {

@@ -34,9 +34,22 @@
 //
 //	{"type":"welcome","user":"alice","node":"n1"}
 //	{"type":"joined","room":"r"} and {"type":"left","room":"r"}
+//	{"type":"members","room":"r","members":["alice","bob"],"count":2}
+//	{"type":"presence","room":"r","user":"bob","state":"joined"} (or "left")
 //	{"type":"message","room":"r","from":"alice","text":"...","at":"RFC3339 time"}
 //	{"type":"dm","from":"alice","to":"bob","text":"...","at":"RFC3339 time"}
+//	{"type":"undelivered","to":"bob","text":"bob is offline; the message was not delivered"}
 //	{"type":"error","text":"..."}
+//
+// Empty fields are left out. Each room has a live member list. The first
+// join of a room is answered with "joined", then "members": the first 100
+// users in the room, in byte order, and how many there are in all, read from
+// the cluster's presence record. From then on the hub broadcasts "presence"
+// to the room whenever a user first joins it or last leaves it, on any node,
+// so the client never polls. A presence message can overtake "members", or
+// repeat what it holds: the client keeps those that come early and applies
+// each one on top of the list, in the order they arrive. A direct message to
+// a user connected nowhere is not sent: the sender gets "undelivered".
 package main
 
 import (
