@@ -31,8 +31,8 @@ type tracker struct {
 	dirty    dirtyKeys
 	held     map[presenceKey]int             // keys a reserve is pending for: not written by the goroutine
 	waiters  map[presenceKey][]chan struct{} // closed once the key's next write was tried
-	instance string              // "<node>.<suffix>"; empty until the first write
-	lease    time.Time           // when to refresh the instance at the latest
+	instance string                          // "<node>.<suffix>"; empty until the first write
+	lease    time.Time                       // when to refresh the instance at the latest
 
 	// wmu serializes the backplane writes of the instance: the
 	// goroutine's batches and reserve.
@@ -56,17 +56,17 @@ const (
 
 func newTracker(p backplane.Presence, log *slog.Logger, node string, events func([]backplane.PresenceChange)) *tracker {
 	t := &tracker{
-		p:      p,
-		log:    log,
-		node:   node,
-		events: events,
-		counts: make(map[presenceKey]int),
+		p:       p,
+		log:     log,
+		node:    node,
+		events:  events,
+		counts:  make(map[presenceKey]int),
 		dirty:   newDirtyKeys(),
 		held:    make(map[presenceKey]int),
 		waiters: make(map[presenceKey][]chan struct{}),
-		kick:   make(chan struct{}, 1),
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	t.ctx, t.end = context.WithCancel(context.Background())
 	t.kick <- struct{}{} // register the instance at once
