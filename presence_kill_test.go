@@ -120,3 +120,34 @@ func TestPresenceOfAKilledNodeExpires(t *testing.T) {
 		waitFor, 5*time.Millisecond, "no offline and left events from the node that removed them")
 	assert.Equal(t, 0, count(PresenceOnline), "this node wrote no online event: the child did")
 }
+
+// TestPresenceRepairsAfterARedisRestartWithoutPersistence: a Redis that
+// restarts with nothing of the record (no persistence) is written again
+// by the nodes, without a call from the application, within one refresh
+// of their lease: every session counts again, in its topics too.
+func TestPresenceRepairsAfterARedisRestartWithoutPersistence(t *testing.T) {
+	srv := redistest.Start(t)
+	c := redisNodes(t, []string{srv.Addr(), srv.Addr()}, func(_ int, o *Options) {
+		o.OnConnect = func(ctx context.Context, s *Session) error { return s.Join(ctx, "room") }
+	}, redisPubSub(wsredis.Options{ProbeInterval: 100 * time.Millisecond, PresenceTTL: childTTL}))
+	a, b := c.nodes[0], c.nodes[1]
+	dial(t, a, "alice")
+	dial(t, b, "bob")
+	dial(t, b, "bob")
+	counts := func() (alice, bob, room int) {
+		alice, _ = a.hub.Online(bg, "alice")
+		bob, _ = a.hub.Online(bg, "bob")
+		room, _ = b.hub.TopicCount(bg, "room")
+		return
+	}
+	require.Eventually(t, func() bool { al, bo, r := counts(); return al == 1 && bo == 2 && r == 2 }, waitFor, 5*time.Millisecond)
+
+	srv.Kill(t)
+	srv.Restart(t) // empty: the record is gone
+	require.Eventually(t, func() bool { al, bo, r := counts(); return al == 1 && bo == 2 && r == 2 }, waitFor, 5*time.Millisecond,
+		"presence was not written again after Redis lost it")
+	m, next, err := a.hub.TopicMembers(bg, "room", "", 10)
+	require.NoError(t, err)
+	assert.Empty(t, next)
+	assert.Equal(t, []Member{{UserID: "alice", Sessions: 1}, {UserID: "bob", Sessions: 2}}, m)
+}
