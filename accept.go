@@ -127,6 +127,18 @@ func (h *Hub) prepare(w http.ResponseWriter, r *http.Request) (*Session, int, er
 			_ = s.Close(StatusPolicyViolation, closeReason(err.Error()))
 		}
 	}
+	// Once the handshake completes, every node counts the session, in the
+	// topics OnConnect joined too: its presence writes were tried (in one
+	// batch with those of other upgrades). A failed write does not refuse
+	// the session; it is retried.
+	if h.pres != nil && userID != "" {
+		ctx, cancel := context.WithTimeout(r.Context(), h.opts.SubscribeTimeout)
+		select {
+		case <-h.pres.tried():
+		case <-ctx.Done():
+		}
+		cancel()
+	}
 	return s, 0, nil
 }
 
@@ -216,7 +228,7 @@ func headerHasToken(h http.Header, name, token string) bool {
 // handshake completes reaches it. A session the registry refuses (a limit,
 // or a closing hub) leaves nothing behind: no interest, not even the inbox's.
 func (h *Hub) register(ctx context.Context, s *Session) error {
-	userReady, written, err := h.reg.add(s)
+	userReady, err := h.reg.add(s)
 	if err != nil {
 		return err
 	}
@@ -248,16 +260,6 @@ func (h *Hub) register(ctx context.Context, s *Session) error {
 	if err != nil {
 		h.reg.remove(s)
 		return fmt.Errorf("wshub: subscribe: %w", err)
-	}
-	// Once the handshake completes, Online counts the session on every
-	// node: its presence write was tried (in the same batch as those of
-	// other upgrades, and alongside the subscription). A failed write
-	// does not refuse the session; it is retried.
-	if written != nil {
-		select {
-		case <-written:
-		case <-ctx.Done():
-		}
 	}
 	return nil
 }

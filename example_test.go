@@ -111,3 +111,44 @@ func ExampleHub_SendSession() {
 	fmt.Println(string(data))
 	// Output: done: job 7
 }
+
+// Presence across two nodes: who is online anywhere, and who is in a room,
+// asked of a node that holds neither session.
+func ExampleHub_Online() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bus := memory.NewBus()
+	bpA, _ := bus.NewNode("a")
+	bpB, _ := bus.NewNode("b")
+	defer bpA.Close()
+	defer bpB.Close()
+	join := func(ctx context.Context, s *wshub.Session) error { return s.Join(ctx, "room") }
+	hubA, _ := wshub.New(&wshub.Options{Backplane: bpA, Authenticate: userParam, OnConnect: join})
+	hubB, _ := wshub.New(&wshub.Options{Backplane: bpB})
+	defer hubB.Close(ctx)
+	defer hubA.Close(ctx)
+	srv := httptest.NewServer(hubA)
+	defer srv.Close()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "?user="
+	for _, user := range []string{"alice", "bob", "bob"} {
+		conn, _, err := websocket.Dial(ctx, url+user, nil)
+		if err != nil {
+			fmt.Println(err)
+			return
+		}
+		defer conn.CloseNow()
+	}
+
+	// Once a handshake completes, every node counts the session.
+	n, _ := hubB.Online(ctx, "bob")
+	fmt.Println("bob's sessions:", n)
+	n, _ = hubB.Online(ctx, "carol")
+	fmt.Println("carol's sessions:", n)
+	count, _ := hubB.TopicCount(ctx, "room")
+	members, next, _ := hubB.TopicMembers(ctx, "room", "", 100)
+	fmt.Println("in the room:", count, members, next == "")
+	// Output:
+	// bob's sessions: 2
+	// carol's sessions: 0
+	// in the room: 2 [{alice 1} {bob 2}] true
+}

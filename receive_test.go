@@ -54,7 +54,7 @@ func TestPositionsFramingIsSharedByRecipients(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		s := h.newSession(httptest.NewRequest("GET", "/ws", nil), "u")
 		s.framing.positions = true
-		_, _, err := h.reg.add(s)
+		_, err := h.reg.add(s)
 		require.NoError(t, err)
 		_, _, err = h.reg.join(s, "room")
 		require.NoError(t, err)

@@ -72,29 +72,27 @@ func newRegistry(on transitions, l Limits, topicsRefused *atomic.Uint64) *regist
 }
 
 // add registers s. It returns the flush that confirms the subscription of
-// s's user channel (nil when there is nothing to wait for) and, with
-// presence, a channel closed once the user's presence was written (nil
-// without), or ErrClosed once
+// s's user channel (nil when there is nothing to wait for), or ErrClosed once
 // the registry is closed, or, leaving everything as it was, errNodeSessions
 // when the node holds Limits.Sessions sessions and errUserSessions when s's
 // user holds Limits.SessionsPerUser (anonymous sessions have no user
 // limit).
-func (r *registry) add(s *Session) (ready *flush, written <-chan struct{}, err error) {
+func (r *registry) add(s *Session) (*flush, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		return nil, nil, ErrClosed
+		return nil, ErrClosed
 	}
 	if r.perNode > 0 && len(r.sessions) >= r.perNode {
-		return nil, nil, errNodeSessions
+		return nil, errNodeSessions
 	}
 	set := r.users[s.userID]
 	if s.userID != "" && r.perUser > 0 && len(set) >= r.perUser {
-		return nil, nil, errUserSessions
+		return nil, errUserSessions
 	}
 	r.sessions[s.id] = s
 	if s.userID == "" {
-		return nil, nil, nil
+		return nil, nil
 	}
 	if set == nil {
 		set = make(map[*Session]struct{})
@@ -102,12 +100,12 @@ func (r *registry) add(s *Session) (ready *flush, written <-chan struct{}, err e
 	}
 	set[s] = struct{}{}
 	if r.pres != nil {
-		written = r.pres.count(userPrefix+s.userID, s.userID, 1, r.hold, true)
+		r.pres.count(userPrefix+s.userID, s.userID, 1, r.hold)
 	}
 	if len(set) == 1 {
-		return r.on.first(userPrefix + s.userID), written, nil
+		return r.on.first(userPrefix + s.userID), nil
 	}
-	return r.on.ready(userPrefix + s.userID), written, nil
+	return r.on.ready(userPrefix + s.userID), nil
 }
 
 // remove unregisters s and takes it out of every topic. It is safe to call
@@ -183,7 +181,7 @@ func (r *registry) joinLocked(s *Session, topic string) (f *flush, already, full
 // changed by delta.
 func (r *registry) presence(key, member string, delta int) {
 	if r.pres != nil {
-		r.pres.count(key, member, delta, false, false)
+		r.pres.count(key, member, delta, false)
 	}
 }
 

@@ -25,7 +25,7 @@ func TestRegistryReportsFirstAndLast(t *testing.T) {
 	a2 := &Session{id: "n.2", userID: "alice"}
 	anon := &Session{id: "n.3"}
 	for _, s := range []*Session{a1, a2, anon} {
-		_, _, err := r.add(s)
+		_, err := r.add(s)
 		require.NoError(t, err)
 	}
 	for _, s := range []*Session{a1, a2, anon} {
@@ -48,7 +48,7 @@ func TestRegistryReportsFirstAndLast(t *testing.T) {
 	assert.Equal(t, 1, r.len())
 
 	assert.Len(t, r.close(), 1)
-	_, _, err := r.add(&Session{id: "n.4"})
+	_, err := r.add(&Session{id: "n.4"})
 	assert.ErrorIs(t, err, ErrClosed)
 	_, _, err = r.join(a1, "room")
 	assert.ErrorIs(t, err, ErrSessionClosed, "a removed session cannot join")

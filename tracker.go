@@ -29,10 +29,12 @@ type tracker struct {
 	mu       sync.Mutex
 	counts   map[presenceKey]int // sessions here, by key and member
 	dirty    dirtyKeys
-	held     map[presenceKey]int             // keys a reserve is pending for: not written by the goroutine
-	waiters  map[presenceKey][]chan struct{} // closed once the key's next write was tried
-	instance string                          // "<node>.<suffix>"; empty until the first write
-	lease    time.Time                       // when to refresh the instance at the latest
+	held     map[presenceKey]int // keys a reserve is pending for: not written by the goroutine
+	seq      uint64              // changes counted so far
+	inflight uint64              // the oldest change of the write in flight; 0 when none
+	barriers []barrier           // waiting for changes to be tried, oldest first
+	instance string              // "<node>.<suffix>"; empty until the first write
+	lease    time.Time           // when to refresh the instance at the latest
 
 	// wmu serializes the backplane writes of the instance: the
 	// goroutine's batches and reserve.
@@ -47,6 +49,12 @@ type tracker struct {
 
 type presenceKey struct{ key, member string }
 
+// barrier is closed once every change up to n was tried.
+type barrier struct {
+	n  uint64
+	ch chan struct{}
+}
+
 // Bounds of the tracker's work.
 const (
 	presenceBatch = 512             // updates per UpdatePresence call
@@ -56,17 +64,16 @@ const (
 
 func newTracker(p backplane.Presence, log *slog.Logger, node string, events func([]backplane.PresenceChange)) *tracker {
 	t := &tracker{
-		p:       p,
-		log:     log,
-		node:    node,
-		events:  events,
-		counts:  make(map[presenceKey]int),
-		dirty:   newDirtyKeys(),
-		held:    make(map[presenceKey]int),
-		waiters: make(map[presenceKey][]chan struct{}),
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		p:      p,
+		log:    log,
+		node:   node,
+		events: events,
+		counts: make(map[presenceKey]int),
+		dirty:  newDirtyKeys(),
+		held:   make(map[presenceKey]int),
+		kick:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
 	}
 	t.ctx, t.end = context.WithCancel(context.Background())
 	t.kick <- struct{}{} // register the instance at once
@@ -77,38 +84,68 @@ func newTracker(p backplane.Presence, log *slog.Logger, node string, events func
 // count adds delta to the sessions of member in key. It never blocks: the
 // registry calls it under its lock. With hold, the key is held until
 // release: the goroutine does not write it, so that the reserve of a new
-// session is the write that checks its limit. With wait, it returns a
-// channel closed once a write of the key made after this change was tried
-// (whether or not it succeeded), or when the tracker closes.
-func (t *tracker) count(key, member string, delta int, hold, wait bool) <-chan struct{} {
+// session is the write that checks its limit.
+func (t *tracker) count(key, member string, delta int, hold bool) {
 	k := presenceKey{key, member}
-	var ch chan struct{}
 	t.mu.Lock()
 	if hold {
 		t.held[k]++
 	}
-	if wait {
-		ch = make(chan struct{})
-		t.waiters[k] = append(t.waiters[k], ch)
-	}
+	t.seq++
 	n := t.counts[k] + delta
 	if n <= 0 {
 		delete(t.counts, k)
 	} else {
 		t.counts[k] = n
 	}
-	t.dirty.add(k)
+	t.dirty.add(k, t.seq)
 	t.mu.Unlock()
 	t.wake()
+}
+
+// tried returns a channel closed once every change counted so far has
+// been tried, written or not (a failed write is retried later), or the
+// tracker closed: what a new session waits for before its handshake
+// completes, so that other nodes count it from then on.
+func (t *tracker) tried() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ch := make(chan struct{})
+	if t.triedUpToLocked() >= t.seq {
+		close(ch)
+		return ch
+	}
+	t.barriers = append(t.barriers, barrier{t.seq, ch})
 	return ch
 }
 
-// triedLocked releases the waiters of k: a write of it was tried.
-func (t *tracker) triedLocked(k presenceKey) {
-	for _, ch := range t.waiters[k] {
-		close(ch)
+// triedUpToLocked returns the last change up to which every change was
+// tried.
+func (t *tracker) triedUpToLocked() uint64 {
+	upTo := t.seq
+	if n, ok := t.dirty.oldest(); ok {
+		upTo = n - 1
 	}
-	delete(t.waiters, k)
+	if t.inflight != 0 {
+		upTo = min(upTo, t.inflight-1)
+	}
+	return upTo
+}
+
+// releaseLocked closes the barriers that every tried change passed.
+func (t *tracker) releaseLocked() {
+	upTo := t.triedUpToLocked()
+	i := 0
+	for ; i < len(t.barriers) && t.barriers[i].n <= upTo; i++ {
+		close(t.barriers[i].ch)
+	}
+	t.barriers = append(t.barriers[:0], t.barriers[i:]...)
+}
+
+// retryLocked puts k back to be written again, as a new change.
+func (t *tracker) retryLocked(k presenceKey) {
+	t.seq++
+	t.dirty.add(k, t.seq)
 }
 
 func (t *tracker) wake() {
@@ -138,28 +175,24 @@ func (t *tracker) reserve(ctx context.Context, user string, limit int) error {
 	k := presenceKey{userPrefix + user, user}
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	defer func() {
-		t.mu.Lock()
-		t.triedLocked(k)
-		t.mu.Unlock()
-	}()
 	inst, err := t.ensureInstance(ctx)
 	if err != nil {
 		return err
 	}
 	t.mu.Lock()
 	n := t.counts[k]
+	t.inflight = t.dirty.remove(k)
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, presenceCall)
 	defer cancel()
 	changes, err := t.p.UpdatePresence(ctx, inst, []backplane.PresenceUpdate{{Key: k.key, Member: user, Sessions: n, Limit: limit}})
-	if err == nil {
-		t.mu.Lock()
-		if t.counts[k] == n {
-			t.dirty.remove(k)
-		}
-		t.mu.Unlock()
+	t.mu.Lock()
+	if err != nil && !errors.Is(err, backplane.ErrOverLimit) {
+		t.retryLocked(k)
 	}
+	t.inflight = 0
+	t.releaseLocked()
+	t.mu.Unlock()
 	if len(changes) > 0 {
 		t.events(changes)
 	}
@@ -212,7 +245,7 @@ func (t *tracker) refresh(ctx context.Context) (string, error) {
 		if fresh {
 			// Everything this node holds goes to the new instance.
 			for k := range t.counts {
-				t.dirty.add(k)
+				t.retryLocked(k)
 			}
 		}
 		t.instance, t.lease = inst, time.Now().Add(next)
@@ -290,11 +323,12 @@ func (t *tracker) writeBatch() (more bool, err error) {
 	inst := t.instance
 	// Oldest change first, so that a user's entries and the events they
 	// cause keep the order of what happened on this node.
-	keys, more := t.dirty.take(presenceBatch, func(k presenceKey) bool { return t.held[k] > 0 })
+	keys, first, more := t.dirty.take(presenceBatch, func(k presenceKey) bool { return t.held[k] > 0 })
 	if len(keys) == 0 {
 		t.mu.Unlock()
 		return false, nil
 	}
+	t.inflight = first
 	ups := make([]backplane.PresenceUpdate, len(keys))
 	for i, k := range keys {
 		ups[i] = backplane.PresenceUpdate{Key: k.key, Member: k.member, Sessions: t.counts[k]}
@@ -309,12 +343,13 @@ func (t *tracker) writeBatch() (more bool, err error) {
 	}
 	failed := err != nil && !errors.Is(err, backplane.ErrOverLimit)
 	t.mu.Lock()
-	for _, k := range keys {
-		if failed {
-			t.dirty.add(k) // written again later, with the count of then
+	if failed {
+		for _, k := range keys {
+			t.retryLocked(k) // written again later, with the count of then
 		}
-		t.triedLocked(k)
 	}
+	t.inflight = 0
+	t.releaseLocked()
 	if failed && errors.Is(err, backplane.ErrUnavailable) {
 		t.lease = time.Time{} // the lease may be why: refresh first
 	}
@@ -349,41 +384,66 @@ func (t *tracker) close(ctx context.Context) {
 	close(t.stop)
 	<-t.done
 	t.mu.Lock()
-	for k := range t.waiters {
-		t.triedLocked(k)
+	for _, b := range t.barriers {
+		close(b.ch)
 	}
+	t.barriers = nil
 	t.mu.Unlock()
 }
 
-// dirtyKeys is the set of keys to write, in the order they first changed.
+// dirtyKeys is the set of keys to write, in the order they changed, each
+// with the number of the change that made it dirty.
 type dirtyKeys struct {
-	order []presenceKey // may hold keys no longer in set, skipped
-	set   map[presenceKey]struct{}
+	order []presenceKey // oldest first; may hold keys no longer in set, skipped
+	set   map[presenceKey]uint64
 }
 
-func newDirtyKeys() dirtyKeys { return dirtyKeys{set: make(map[presenceKey]struct{})} }
+func newDirtyKeys() dirtyKeys { return dirtyKeys{set: make(map[presenceKey]uint64)} }
 
 func (d *dirtyKeys) len() int { return len(d.set) }
 
-func (d *dirtyKeys) add(k presenceKey) {
+// add makes k dirty as of change n, unless it is dirty already.
+func (d *dirtyKeys) add(k presenceKey, n uint64) {
 	if _, ok := d.set[k]; !ok {
-		d.set[k] = struct{}{}
+		d.set[k] = n
 		d.order = append(d.order, k)
 	}
 }
 
-func (d *dirtyKeys) remove(k presenceKey) { delete(d.set, k) }
+// remove makes k clean and returns the change that made it dirty, 0 if
+// it was not.
+func (d *dirtyKeys) remove(k presenceKey) uint64 {
+	n := d.set[k]
+	delete(d.set, k)
+	return n
+}
+
+// oldest returns the change that made the oldest dirty key dirty.
+func (d *dirtyKeys) oldest() (uint64, bool) {
+	for len(d.order) > 0 {
+		if n, ok := d.set[d.order[0]]; ok {
+			return n, true
+		}
+		d.order[0] = presenceKey{}
+		d.order = d.order[1:] // removed since
+	}
+	return 0, false
+}
 
 // take removes and returns up to n keys, oldest first, leaving those skip
-// reports in place, and reports whether keys that skip does not hold
-// remain.
-func (d *dirtyKeys) take(n int, skip func(presenceKey) bool) (keys []presenceKey, more bool) {
-	kept := d.order[:0]
+// reports in place. It also returns the change of the first key taken
+// and whether keys that skip does not hold remain.
+func (d *dirtyKeys) take(n int, skip func(presenceKey) bool) (keys []presenceKey, first uint64, more bool) {
+	kept := make([]presenceKey, 0, len(d.order))
 	for _, k := range d.order {
-		if _, ok := d.set[k]; !ok {
+		c, ok := d.set[k]
+		if !ok {
 			continue // removed since
 		}
 		if len(keys) < n && !skip(k) {
+			if len(keys) == 0 {
+				first = c
+			}
 			keys = append(keys, k)
 			delete(d.set, k)
 			continue
@@ -393,9 +453,8 @@ func (d *dirtyKeys) take(n int, skip func(presenceKey) bool) (keys []presenceKey
 		}
 		kept = append(kept, k)
 	}
-	clear(d.order[len(kept):])
 	d.order = kept
-	return keys, more
+	return keys, first, more
 }
 
 // nodeOfInstance returns the node ID of a presence instance.
