@@ -194,9 +194,10 @@ type Options struct {
 	// OnPresence, when set, is called when a user comes online or goes
 	// offline cluster-wide, and when a user first joins a topic or its
 	// last session leaves it. Each change is reported once, on the node
-	// whose write made it (or that removed a dead node's entries), from
-	// the goroutine that writes this node's presence: it must not block
-	// for long. Off by default.
+	// whose write made it (or that removed a dead node's entries), in the
+	// order that node saw them, from one goroutine of the hub's own:
+	// presence writes and upgrades never wait for it, and a slow hook only
+	// delays the events after it. Off by default.
 	OnPresence func(PresenceEvent)
 
 	// PresenceMessage, when set, is asked for a message to broadcast to

@@ -168,7 +168,7 @@ func (h *Hub) holders(ctx context.Context, userID string) ([]string, error) {
 
 // onPresence turns what changed in the presence record into events for
 // Options.OnPresence and messages of Options.PresenceMessage. It runs on
-// the tracker's goroutine.
+// the tracker's events goroutine.
 func (h *Hub) onPresence(changes []backplane.PresenceChange) {
 	if h.opts.OnPresence == nil && h.opts.PresenceMessage == nil {
 		return

@@ -24,7 +24,7 @@ type tracker struct {
 	p      backplane.Presence
 	log    *slog.Logger
 	node   string
-	events func([]backplane.PresenceChange) // called from the goroutine
+	events func([]backplane.PresenceChange) // called from the events goroutine, in order
 
 	mu       sync.Mutex
 	counts   map[presenceKey]int // sessions here, by key and member
@@ -39,6 +39,12 @@ type tracker struct {
 	// wmu serializes the backplane writes of the instance: the
 	// goroutine's batches and reserve.
 	wmu sync.Mutex
+
+	// Changes go to their own goroutine, so that slow hooks (a presence
+	// message's Broadcast) never hold up writes or upgrades.
+	queue      []backplane.PresenceChange // guarded by mu
+	queued     chan struct{}              // signalled when queue grows
+	eventsDone chan struct{}
 
 	kick chan struct{}
 	stop chan struct{}
@@ -74,11 +80,53 @@ func newTracker(p backplane.Presence, log *slog.Logger, node string, events func
 		kick:   make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
+		queued: make(chan struct{}, 1),
+
+		eventsDone: make(chan struct{}),
 	}
 	t.ctx, t.end = context.WithCancel(context.Background())
 	t.kick <- struct{}{} // register the instance at once
 	go t.run()
+	go t.deliverEvents()
 	return t
+}
+
+// emit queues changes for the events goroutine.
+func (t *tracker) emit(changes []backplane.PresenceChange) {
+	if len(changes) == 0 {
+		return
+	}
+	t.mu.Lock()
+	t.queue = append(t.queue, changes...)
+	t.mu.Unlock()
+	select {
+	case t.queued <- struct{}{}:
+	default:
+	}
+}
+
+// deliverEvents hands queued changes to events, in order, until close;
+// what is queued when close comes is delivered first.
+func (t *tracker) deliverEvents() {
+	defer close(t.eventsDone)
+	for {
+		stopping := false
+		select {
+		case <-t.queued:
+		case <-t.done: // the writer has stopped: nothing more comes
+			stopping = true
+		}
+		t.mu.Lock()
+		batch := t.queue
+		t.queue = nil
+		t.mu.Unlock()
+		if len(batch) > 0 {
+			t.events(batch)
+		}
+		if stopping {
+			return
+		}
+	}
 }
 
 // count adds delta to the sessions of member in key. It never blocks: the
@@ -193,9 +241,7 @@ func (t *tracker) reserve(ctx context.Context, user string, limit int) error {
 	t.inflight = 0
 	t.releaseLocked()
 	t.mu.Unlock()
-	if len(changes) > 0 {
-		t.events(changes)
-	}
+	t.emit(changes)
 	return err
 }
 
@@ -229,9 +275,7 @@ func (t *tracker) refresh(ctx context.Context) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		if len(r.Changes) > 0 {
-			t.events(r.Changes)
-		}
+		t.emit(r.Changes)
 		if r.Lost {
 			t.log.Warn("wshub: presence of this node was lost (taken for dead, or the store lost it); writing it again")
 			inst = ""
@@ -338,9 +382,7 @@ func (t *tracker) writeBatch() (more bool, err error) {
 	ctx, cancel := context.WithTimeout(t.ctx, presenceCall)
 	changes, err := t.p.UpdatePresence(ctx, inst, ups)
 	cancel()
-	if len(changes) > 0 {
-		t.events(changes)
-	}
+	t.emit(changes)
 	failed := err != nil && !errors.Is(err, backplane.ErrOverLimit)
 	t.mu.Lock()
 	if failed {
@@ -383,6 +425,7 @@ func (t *tracker) close(ctx context.Context) {
 	t.end()
 	close(t.stop)
 	<-t.done
+	<-t.eventsDone
 	t.mu.Lock()
 	for _, b := range t.barriers {
 		close(b.ch)
