@@ -84,8 +84,10 @@
 // wsredis.Options.PresenceTTL, 10s by default: one command per node, however
 // many sessions it holds). A node that dies, or is cut off from the record
 // for longer than the time to live, has its sessions removed by the other
-// nodes at most the time to live plus a third of it and one second after its
-// last refresh: that is how stale a count can be after a kill -9. During a
+// nodes starting at most the time to live plus a third of it and one second
+// after its last refresh, plus the removal itself, which grows with the dead
+// node's sessions (on Redis, 1.5 to 5 s for 50,000 users on a loaded 2-core
+// machine): that is how stale a count can be after a kill -9. During a
 // partition, a count includes the cut-off node's sessions until then, and
 // excludes them after; the node writes all it holds again when it can reach
 // the record again (and after a Redis restart that lost the record, within

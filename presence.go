@@ -74,7 +74,8 @@ func (h *Hub) presence() (backplane.Presence, error) {
 
 // Online returns how many sessions userID has across the cluster: 0 when
 // it is offline. It is one read of the backplane's presence record (one
-// Redis command), cheap enough to call before every Send. It returns an
+// round trip to Redis, a short script), cheap enough to call before every
+// Send. It returns an
 // error wrapping ErrNoPresence when the backplane keeps no presence
 // record. See the package doc ("Presence") for how fresh the answer is.
 func (h *Hub) Online(ctx context.Context, userID string) (int, error) {

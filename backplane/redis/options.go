@@ -49,12 +49,36 @@ type Options struct {
 	// (backplane.Presence) stays alive after its last RefreshPresence,
 	// which the caller repeats every third of it. A node that dies, or is
 	// cut off from Redis for longer, has its entries removed by the other
-	// nodes at most PresenceTTL + PresenceTTL/3 + 1s after its last
-	// refresh (the second allows for the clocks of a cluster's masters).
+	// nodes starting at most PresenceTTL + PresenceTTL/3 + 1s after its
+	// last refresh (the second allows for the clocks of a cluster's
+	// masters); the removal then takes time in proportion to its entries
+	// (see the package doc, "Presence").
 	// At least 100ms. Default 10s.
 	PresenceTTL time.Duration
 
-	// Logger receives the backplane's logs. Default slog.Default().
+	// Logger receives the backplane's logs. Default slog.Default(). A URL
+	// opened with backplane.Open takes it from backplane.WithLogger.
+	//
+	// The backplane reports its link going down and coming back through
+	// backplane.Notifier and logs those changes only at Debug: the hub logs
+	// each at Warn, with its node. What needs an operator (a catch-up read
+	// that failed, presence that cannot be repaired) is logged at Warn,
+	// with the attributes err, channel (the wshub channel, as given to
+	// Publish, without the prefix), instance (a backplane's presence
+	// instance) and counts such as channels and keys.
+	//
+	// Logger does not reach go-redis: go-redis v9 (up to v9.23 at least)
+	// has no logger per client, only one for the whole process, which
+	// prints lines such as "redis: connection pool: failed to dial after 5
+	// attempts" to stderr, for the clients the backplane makes too. The
+	// backplane never replaces it, since that would change every other
+	// go-redis client of the process. An application that wants those
+	// lines quiet, or in its own logger, makes the one call itself, once
+	// in main before it makes any go-redis client:
+	// redis.SetLogger(&logging.VoidLogger{}) (package
+	// github.com/redis/go-redis/v9/logging), or redis.SetLogger with its
+	// own Printf(ctx, format, args...) adapter (docs/deploy.md has one
+	// that logs at Debug).
 	Logger *slog.Logger
 }
 

@@ -30,13 +30,17 @@ type config struct {
 	dialConc  int
 	cpuProf   string
 	clientCPU string
+	users     int           // presence: users online below the sockets
+	members   int           // presence: members of the topic below the sockets
+	reads     int           // presence: reads of each kind measured
+	idle      time.Duration // presence: the idle measurement through the hubs
 }
 
 func parseFlags(args []string, out io.Writer) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("wshub-bench", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.StringVar(&c.scenario, "scenario", "broadcast", "broadcast, send-user, idle, churn or raw")
+	fs.StringVar(&c.scenario, "scenario", "broadcast", "broadcast, send-user, idle, churn, raw or presence")
 	fs.StringVar(&c.backplane, "backplane", "memory://", "backplane `URL`: memory:// is one shared bus; others are opened once per node")
 	fs.IntVar(&c.nodes, "nodes", 1, "hub nodes in this process")
 	fs.IntVar(&c.conns, "conns", 1000, "WebSocket clients")
@@ -55,6 +59,10 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.dialConc, "dial-conc", 128, "WebSocket handshakes in flight")
 	fs.StringVar(&c.cpuProf, "cpuprofile", "", "write a CPU profile of the server process to `file`")
 	fs.StringVar(&c.clientCPU, "client-cpuprofile", "", "write a CPU profile of the client process to `file`")
+	fs.IntVar(&c.users, "users", 100000, "presence: users online across the nodes, below the sockets")
+	fs.IntVar(&c.members, "members", 10000, "presence: members of the topic, below the sockets")
+	fs.IntVar(&c.reads, "reads", 1000, "presence: reads of each kind measured")
+	fs.DurationVar(&c.idle, "idle", 10*time.Second, "presence: how long the idle traffic of the hubs is measured")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -71,10 +79,10 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 // messages.
 func (c config) checkWorkload() error {
 	_, known := scenarios[c.scenario]
-	sends := c.scenario != "idle" && !(c.scenario == "raw" && c.rawOf == "idle")
+	sends := c.scenario != "idle" && c.scenario != "presence" && !(c.scenario == "raw" && c.rawOf == "idle")
 	switch {
 	case !known:
-		return fmt.Errorf("-scenario %q: want broadcast, send-user, idle, churn or raw", c.scenario)
+		return fmt.Errorf("-scenario %q: want broadcast, send-user, idle, churn, raw or presence", c.scenario)
 	case c.rawOf != "broadcast" && c.rawOf != "idle":
 		return fmt.Errorf("-raw-of %q: want broadcast or idle", c.rawOf)
 	case c.nodes < 1 || c.nodes > 64:
@@ -87,6 +95,10 @@ func (c config) checkWorkload() error {
 		return fmt.Errorf("-msgs %d: want at least 1", c.msgs)
 	case sends && c.size < stampLen:
 		return fmt.Errorf("-size %d: want at least %d (the send time)", c.size, stampLen)
+	case c.scenario == "presence" && (c.users < 1 || c.members < 1 || c.members > c.users):
+		return fmt.Errorf("-users %d -members %d: want at least 1 user and 1 to -users members", c.users, c.members)
+	case c.scenario == "presence" && (c.reads < 1 || c.idle <= 0):
+		return fmt.Errorf("-reads %d -idle %v: want at least 1 read and a positive idle time", c.reads, c.idle)
 	}
 	return nil
 }

@@ -9,7 +9,7 @@
 //
 //	wshub-bench [flags]
 //
-//	-scenario NAME   broadcast (default), send-user, idle, churn or raw
+//	-scenario NAME   broadcast (default), send-user, idle, churn, raw or presence
 //	-backplane URL   memory:// (default: one shared memory.Bus, a node per hub)
 //	                 or any URL backplane.Open takes (one Open per hub)
 //	-nodes K         hub nodes (default 1); clients are spread round-robin
@@ -31,6 +31,10 @@
 //	-dial-conc N     handshakes in flight (default 128)
 //	-cpuprofile F    CPU profile of the server process
 //	-client-cpuprofile F  CPU profile of the client process
+//	-users N         presence: users online below the sockets (default 100000)
+//	-members M       presence: members of the topic below the sockets (default 10000)
+//	-reads R         presence: reads of each kind measured (default 1000)
+//	-idle D          presence: how long the hubs' idle traffic is measured (default 10s)
 //
 // The client process is this binary run as "wshub-bench -role clients": it
 // reads JSON requests on stdin and answers each with one JSON line on stdout
@@ -58,6 +62,33 @@
 //   - raw: the same clients and messages served by a bare coder/websocket
 //     handler with no hub, as a ceiling for broadcast or idle (-raw-of). Its
 //     scenario field reads raw-broadcast or raw-idle, backplane "none".
+//   - presence: what the presence record costs in Redis, on a redis-server
+//     the tool starts on a free port of 127.0.0.1 and stops (-backplane is
+//     ignored; the line's backplane is that server's URL). Below the
+//     sockets, -nodes (at least 2) Redis backplanes, one presence instance
+//     each, hold -users users online and a topic of -members of them,
+//     written with UpdatePresence in calls of 512 updates as the hub's
+//     tracker writes them; it measures Redis memory per user and per topic
+//     member, -conns connects and disconnects (batched, and one call each),
+//     -reads reads of each kind (PresenceMember, PresenceCount, a page of
+//     100 of PresenceMembers: what Hub.Online, TopicCount and TopicMembers
+//     call), a refresh and the heartbeat it makes per node per second, and
+//     counts and pages of a second topic grown to 1%, 10% and 100% of
+//     -users. Then -nodes hubs on that Redis with their defaults and -conns
+//     real WebSocket clients, each a user joining the topic: a connect and
+//     a disconnect as the hubs issue them, the idle traffic per node per
+//     second over -idle, and Hub.Online, TopicCount and TopicMembers. Costs
+//     are Redis's own counters (INFO commandstats, total_net_input_bytes,
+//     total_net_output_bytes, used_memory minus mem_clients_normal), read
+//     on a connection whose own commands and bytes are taken out; requests
+//     and round trips are counted on the backplanes' connections. Through
+//     the hubs, their probes and refreshes are taken out of what a connect,
+//     a disconnect or a read cost. The figures are the line's "presence"
+//     object (see presenceFigures in scenario_presence.go): each cost has
+//     round_trips, requests (commands sent, a script one), cmds (commands
+//     Redis ran, scripts' included), in_bytes and out_bytes (as Redis
+//     counts them), sent and ran by command, and for reads and refreshes
+//     p50_us and p99_us (Go wall time of one call).
 //
 // The JSON line has scenario, backplane, nodes, conns, msgs, size, batch
 // (whether the clients used the batched framing: -batch, and never for raw),
@@ -67,7 +98,8 @@
 // StackInuse after runtime.GC with the clients connected, minus the same
 // before they connected, over the clients) and goroutines_per_conn (the
 // same with runtime.NumGoroutine). Both are measured in every scenario, with
-// the clients connected and before any traffic.
+// the clients connected and before any traffic. Only presence adds a field,
+// presence.
 //
 // With -batch, a delivery is a record, not a WebSocket message: the client
 // reads each message whole into a buffer it reuses (growing it when a

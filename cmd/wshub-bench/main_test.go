@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/wshub/wshub/internal/redistest"
 )
 
 // TestMain doubles as the client process: run re-executes os.Args[0], which
@@ -256,5 +258,94 @@ func TestRecords(t *testing.T) {
 		_, _, next, ok := nextRecord(bad, 0)
 		require.False(t, ok)
 		require.Equal(t, len(bad), next)
+	}
+}
+
+// TestPresenceScenario runs the presence scenario tiny, on the
+// redis-server it starts: the line has the standard fields and a presence
+// object whose exact figures are those of the scripts' shape (a read is
+// one request, a connect two updates).
+func TestPresenceScenario(t *testing.T) {
+	redistest.Binary(t) // skips without redis-server, unless WSHUB_REQUIRE_REDIS=1
+	for _, bad := range [][]string{{"-users", "100", "-members", "200"}, {"-users", "0"}, {"-reads", "0"}, {"-idle", "0s"}} {
+		_, err := parseFlags(append([]string{"-scenario", "presence"}, bad...), io.Discard)
+		require.Error(t, err, "%q", bad)
+	}
+
+	args := []string{"-timeout", "60s", "-scenario", "presence", "-users", "2000", "-members", "200",
+		"-reads", "50", "-conns", "20", "-idle", "2s"}
+	var stdout bytes.Buffer
+	stderr := newSyncBuffer()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := run(ctx, args, &stdout, stderr)
+	t.Logf("%v in %v\nstdout: %sstderr:\n%s", args, time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String())
+	require.NoError(t, err)
+	out := stdout.String()
+	require.Equal(t, 1, strings.Count(out, "\n"), "exactly one line on stdout")
+	var fields map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &fields))
+	require.Len(t, fields, 16, "the standard fields and presence")
+	var res result
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.DisallowUnknownFields()
+	require.NoError(t, dec.Decode(&res))
+
+	require.Equal(t, "presence", res.Scenario)
+	require.True(t, strings.HasPrefix(res.Backplane, "redis://127.0.0.1:"), res.Backplane)
+	require.Equal(t, 2, res.Nodes)
+	require.Equal(t, 20, res.Conns)
+	require.Zero(t, res.Msgs)
+	require.Positive(t, res.ServerBytesPerConn)
+	p := res.Presence
+	require.NotNil(t, p)
+	require.NotEmpty(t, p.Redis)
+	require.Equal(t, 2000, p.Users)
+	require.Equal(t, 200, p.TopicMembers)
+	require.Equal(t, 512, p.Batch)
+	require.Positive(t, p.LoadUpdatesPerS)
+	require.Positive(t, p.MemPerUser)
+	require.Positive(t, p.MemPerMember)
+	require.InDelta(t, 4, p.RedisKeysPerUser, 0.01, "a user's key is four Redis keys")
+
+	// Below the sockets nothing else talks to Redis: the figures are exact.
+	for _, c := range []opCost{p.Connect, p.Disconnect, p.ConnectAlone, p.DisconnectAlone} {
+		require.Equal(t, map[string]float64{"evalsha": 2}, c.Sent, "a user's entry and its topic entry")
+		require.Positive(t, c.InBytes)
+		require.Positive(t, c.OutBytes)
+	}
+	require.Equal(t, 0.1, p.Connect.RoundTrips, "one call per node for 20 connects")
+	require.Equal(t, 1.0, p.ConnectAlone.RoundTrips)
+	for _, c := range []opCost{p.Online, p.TopicCount, p.TopicMembersPage, p.Refresh} {
+		require.Equal(t, 1.0, c.Requests)
+		require.Equal(t, 1.0, c.RoundTrips)
+		require.Positive(t, c.P50Us)
+		require.LessOrEqual(t, c.P50Us, c.P99Us)
+	}
+	require.Equal(t, map[string]float64{"hlen": 1}, p.TopicCount.Ran)
+	require.Equal(t, 1.0, p.Refresh.Ran["zrangebyscore"])
+	require.Equal(t, 0.3, p.HeartbeatPerNodeS.Requests, "a refresh every 10s/3")
+	require.Len(t, p.Scaling, 3)
+	for i, size := range []int{20, 200, 2000} {
+		sp := p.Scaling[i]
+		require.Equal(t, size, sp.Members)
+		require.Positive(t, sp.MemPerMember)
+		require.Equal(t, map[string]float64{"hlen": 1}, sp.Count.Ran, "O(1) at %d", size)
+		require.Equal(t, p.Scaling[0].Count.InBytes, sp.Count.InBytes)
+		require.Equal(t, 1.0, sp.Page.Requests)
+	}
+
+	// Through the hubs, their probes and refreshes are taken out.
+	h := p.Hub
+	require.Equal(t, 20, h.Conns)
+	require.InDelta(t, 2, h.Connect.Sent["evalsha"], 0.01)
+	require.InDelta(t, 2, h.Disconnect.Sent["evalsha"], 0.01)
+	require.Positive(t, h.Connect.Sent["subscribe"])
+	require.Positive(t, h.Disconnect.Sent["unsubscribe"])
+	require.Positive(t, h.IdlePerNodeS.Sent["publish"], "a probe a second")
+	for _, c := range []opCost{h.Online, h.TopicCount, h.TopicMembersPage} {
+		require.InDelta(t, 1, c.Requests, 0.01)
+		require.Positive(t, c.P50Us)
 	}
 }

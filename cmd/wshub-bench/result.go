@@ -25,6 +25,9 @@ type result struct {
 	MaxMs              float64 `json:"max_ms"`
 	ServerBytesPerConn int64   `json:"server_bytes_per_conn"`
 	GoroutinesPerConn  float64 `json:"goroutines_per_conn"`
+	// Presence holds the presence scenario's figures; other scenarios
+	// leave it out.
+	Presence *presenceFigures `json:"presence,omitempty"`
 }
 
 // newResult returns the line's description of the run as cfg asks for it.

@@ -17,4 +17,5 @@ var scenarios = map[string]scenario{
 	"idle":      runIdle,
 	"churn":     runChurn,
 	"raw":       runRaw,
+	"presence":  runPresence,
 }
