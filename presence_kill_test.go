@@ -29,7 +29,7 @@ const (
 
 // childTTL is the presence time to live of the child and of the test's
 // own node: short, so that the kill is noticed quickly.
-const childTTL = 500 * time.Millisecond
+const childTTL = time.Second
 
 // runPresenceChild serves a hub on Redis until it is killed (or a minute
 // passes): every session joins "room". It prints the address it listens

@@ -16,7 +16,7 @@ const logRetained = 100
 
 // presenceTTL is the presence time to live of the buses of TestConformance:
 // short, for the suite waits for expiry in multiples of it.
-const presenceTTL = 500 * time.Millisecond
+const presenceTTL = time.Second
 
 // TestConformance runs the suite, the Presence cases included, on a bus
 // without logs, the default.

@@ -13,7 +13,7 @@ import (
 // TestHub runs the hub-level cluster suite on memory buses, with
 // Partition and Heal as its faults.
 func TestHub(t *testing.T) {
-	const ttl = 500 * time.Millisecond
+	const ttl = time.Second
 	wshubtest.RunHub(t, func(context.Context, *testing.T) (wshubtest.Harness, error) {
 		bus := memory.NewBus()
 		if err := bus.SetPresenceTTL(ttl); err != nil {

@@ -74,7 +74,7 @@ func (h *harness) Close() {
 
 // conformancePresenceTTL is the PresenceTTL of the harnesses' nodes: short,
 // so that the Presence cases see an instance expire within seconds.
-const conformancePresenceTTL = 400 * time.Millisecond
+const conformancePresenceTTL = 1500 * time.Millisecond
 
 // pubsubFeatures are what PubSub promises: the core contract and presence.
 var pubsubFeatures = backplanetest.Features{Presence: true, PresenceTTL: conformancePresenceTTL}

@@ -54,7 +54,7 @@ func TestHubRedisCluster(t *testing.T) {
 
 // hubPresenceTTL is the presence time to live of the suite's nodes: short,
 // so that a cut node's sessions expire quickly.
-const hubPresenceTTL = 400 * time.Millisecond
+const hubPresenceTTL = time.Second
 
 // newHubBackplane makes one node's backplane: the one place that knows
 // how this package's constructors are called.

@@ -24,7 +24,7 @@ import (
 // Presence tests use a short time to live: an instance is taken for dead
 // presenceTTL + 1s (the grace for clock skew) after its last refresh.
 const (
-	presenceTTL  = 400 * time.Millisecond
+	presenceTTL  = time.Second
 	presenceWait = 20 * time.Second // bound of every wait for a removal
 )
 
