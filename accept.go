@@ -25,17 +25,17 @@ import (
 // Requests when the user already has Limits.SessionsPerUser sessions on this
 // node, 503 when the node already has Limits.Sessions sessions (both with a
 // Retry-After header of Limits.RetryAfter in whole seconds, and counted in
-// Stats.Refused), 503 also once the hub is closing or when the backplane
-// cannot confirm the user's subscription in time, 500 when Authenticate
-// returns an over-long user ID or OnConnect panics, 501 when the
-// ResponseWriter cannot hijack the connection, and what the websocket
-// library answers to a request that is not a valid handshake (400, 405,
-// 426).
+// Stats.Refused), 503 also once the hub drains or is closing (with
+// Retry-After: 1; see Drain) or when the backplane cannot confirm the
+// user's subscription in time, 500 when Authenticate returns an over-long
+// user ID or OnConnect panics, 501 when the ResponseWriter cannot hijack the
+// connection, and what the websocket library answers to a request that is
+// not a valid handshake (400, 405, 426).
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
-	if h.closed {
+	if h.closed || h.drain.on {
 		h.mu.Unlock()
-		http.Error(w, "wshub: shutting down", http.StatusServiceUnavailable)
+		refuseShuttingDown(w)
 		return
 	}
 	h.conns.Add(1)

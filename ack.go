@@ -53,6 +53,9 @@ func (e *AckError) Unwrap() []error { return []error{ErrNotAcknowledged, e.Err} 
 type acks struct {
 	mu      sync.Mutex
 	waiting map[string]*ackWait
+	// answering counts the goroutines answering other nodes' requests;
+	// Close waits for them.
+	answering sync.WaitGroup
 }
 
 type ackWait struct {
@@ -143,14 +146,14 @@ func (h *Hub) acknowledge(e *envelope.Envelope) {
 	h.mu.RLock()
 	closed := h.closed
 	if !closed {
-		h.conns.Add(1) // Close waits for the answer
+		h.acks.answering.Add(1) // Close waits for the answer
 	}
 	h.mu.RUnlock()
 	if closed {
 		return
 	}
 	go func() {
-		defer h.conns.Done()
+		defer h.acks.answering.Done()
 		ctx, cancel := context.WithTimeout(h.ctx, h.opts.SubscribeTimeout)
 		defer cancel()
 		var code uint64
@@ -160,7 +163,7 @@ func (h *Hub) acknowledge(e *envelope.Envelope) {
 		ans := &envelope.Envelope{Op: envelope.OpAck, Target: token, Arg: h.opts.NodeID, Code: code}
 		ch := nodePrefix + node
 		if err := h.bp.Publish(ctx, ch, h.encode(ch, ans)); err != nil {
-			h.log.Debug("wshub: acknowledgement not sent", "to", node, "err", err)
+			h.log.Debug("wshub: acknowledgement not sent", "peer", node, "err", err)
 		}
 	}()
 }

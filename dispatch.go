@@ -66,14 +66,14 @@ func (h *Hub) handle(m backplane.Message) *flush {
 	}
 	switch e.Op {
 	case envelope.OpUser:
-		h.stats.delivered.Add(h.reg.deliver(h.reg.users, e.Target, &d, ""))
+		h.delivered(&e, h.reg.deliver(h.reg.users, e.Target, &d, ""))
 	case envelope.OpTopic:
-		h.stats.delivered.Add(h.reg.deliver(h.reg.topics, e.Target, &d, e.Arg))
+		h.delivered(&e, h.reg.deliver(h.reg.topics, e.Target, &d, e.Arg))
 	case envelope.OpSession:
 		s := h.reg.session(e.Target)
 		d.off = ""
 		if s != nil && s.deliver(&d) {
-			h.stats.delivered.Add(1)
+			h.delivered(&e, 1)
 		}
 	case envelope.OpJoin, envelope.OpLeave:
 		if checkName(e.Arg, ErrInvalidTopic) != nil {

@@ -148,5 +148,17 @@
 //
 // Hub.Close stops accepting upgrades, lets every session send what it has
 // queued, closes each with status 1001 (going away) and returns once every
-// goroutine the hub started has ended.
+// goroutine the hub started has ended. Before a restart, call Hub.Drain
+// first: ReadinessHandler fails at once, upgrades get 503 with Retry-After,
+// and sessions are closed in small staggered batches with 1012 (service
+// restart), so that clients reconnect to other nodes at once, but not all
+// in the same instant; clients that resume lose nothing on a backplane
+// that keeps logs. LivenessHandler fails only once the hub is closed.
+//
+// # Metrics
+//
+// Hub.Stats has the counters; Hub.Metrics adds gauges (sessions, users,
+// topics, queue depths), closes by reason and two latency histograms
+// (publish to enqueue, enqueue to write). Package metrics exports them to
+// Prometheus without this package depending on it.
 package wshub

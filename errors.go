@@ -80,6 +80,7 @@ const (
 	StatusPolicyViolation StatusCode = 1008
 	StatusMessageTooBig   StatusCode = 1009
 	StatusInternalError   StatusCode = 1011
+	StatusServiceRestart  StatusCode = 1012 // Hub.Drain: reconnect now, to another node
 	StatusTryAgainLater   StatusCode = 1013
 )
 

@@ -13,6 +13,8 @@ import (
 func FuzzReceive(f *testing.F) {
 	for _, e := range []envelope.Envelope{
 		{Op: envelope.OpUser, Target: "u", Payload: []byte("hi")},
+		{Op: envelope.OpUser, Target: "u", Published: 1767225600123456, Payload: []byte("timed")},
+		{Op: envelope.OpTopic, Target: "t", Client: "c", Published: 1 << 63, Payload: []byte("far off")},
 		{Op: envelope.OpTopic, Flags: envelope.FlagBinary, Target: "t", Arg: "x", Payload: []byte{0}},
 		{Op: envelope.OpSession, Target: "n.1"},
 		{Op: envelope.OpJoin, Target: "u", Arg: "t"},

@@ -51,15 +51,17 @@ type Hub struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// mu guards the hub's lifecycle: closed, and flushes.
+	// mu guards the hub's lifecycle: closed, drain.on, and flushes.
 	mu        sync.RWMutex
 	closed    bool
+	drain     drainState               // see Drain
 	flushes   map[string]chan struct{} // tokens of flush markers in flight
 	conns     sync.WaitGroup           // ServeHTTP calls that own a session
 	closeOnce sync.Once
 	closeErr  error
 	seq       atomic.Uint64
 	stats     counters
+	meters    meters // what Metrics adds to Stats (see meter.go)
 
 	// signer signs what the hub publishes and verifies what it receives,
 	// with Options.SigningKeys; nil without keys.
@@ -180,7 +182,9 @@ func (h *Hub) publish(ctx context.Context, channel string, e *envelope.Envelope)
 	if h.isClosed() {
 		return ErrClosed
 	}
+	stampPublish(e)
 	if err := h.bp.Publish(ctx, channel, h.encode(channel, e)); err != nil {
+		h.meters.publishErrors.Add(1)
 		return fmt.Errorf("wshub: publish to %q: %w", channel, err)
 	}
 	return nil
@@ -370,15 +374,20 @@ func (h *Hub) onBackplaneEvent(e backplane.Event) {
 			h.log.Error("wshub: panic in OnBackplaneEvent", "panic", v, "stack", string(debug.Stack()))
 		}
 	}()
+	// These are the lines that log a change of the backplane's link: a
+	// backplane logs its own at Debug (see backplane.Notifier), so each
+	// change is logged once, here, with the node.
 	switch e.Kind {
 	case backplane.EventDown:
 		h.stats.backplaneDown.Add(1)
 		h.log.Warn("wshub: backplane down", "err", e.Err)
 	case backplane.EventRestored:
+		level := slog.LevelInfo // nothing was lost
 		if e.Gap {
 			h.stats.backplaneGaps.Add(1)
+			level = slog.LevelWarn
 		}
-		h.log.Warn("wshub: backplane restored", "gap", e.Gap)
+		h.log.Log(context.Background(), level, "wshub: backplane restored", "gap", e.Gap)
 	}
 	if h.opts.OnBackplaneEvent != nil {
 		h.opts.OnBackplaneEvent(e)
@@ -406,7 +415,9 @@ func (h *Hub) Health() error {
 
 // Close shuts the hub down gracefully: it stops accepting upgrades (503),
 // lets every session send what it has queued, closes each with status 1001
-// (going away) and waits for every goroutine the hub started. When ctx ends
+// (going away) and waits for every goroutine the hub started. Before a
+// restart, call Drain first: it moves the clients to other nodes in
+// batches, and Close then finds nothing left to close. When ctx ends
 // first, the remaining connections are closed at once and Close returns an
 // error wrapping ctx.Err() after the goroutines have ended. A backplane given
 // in Options is not closed; the hub's channels on it are unsubscribed, unless
@@ -454,6 +465,7 @@ func (h *Hub) shutdown(ctx context.Context) error {
 		<-done
 	}
 	h.cancel()
+	h.acks.answering.Wait() // bounded: h.ctx has ended
 	if h.pres != nil {
 		h.pres.close(ctx) // writes the removal of this node's sessions
 	}

@@ -19,6 +19,8 @@ type interest struct {
 	log     *slog.Logger
 	timeout time.Duration
 
+	failing bool // the last batch failed; only the run goroutine uses it
+
 	mu    sync.Mutex
 	chans map[string]*chanState
 	dirty map[string]struct{}
@@ -198,8 +200,16 @@ func (im *interest) apply() (failed bool) {
 	}
 	cancel()
 	if (errU != nil || errS != nil) && im.ctx.Err() == nil {
-		im.log.Warn("wshub: backplane subscription failed, will retry",
+		// The first failure of an outage at Warn, its retries at Debug.
+		level := slog.LevelWarn
+		if im.failing {
+			level = slog.LevelDebug
+		}
+		im.failing = true
+		im.log.Log(im.ctx, level, "wshub: backplane subscription failed, will retry",
 			"subscribe", len(subs), "unsubscribe", len(unsubs), "subscribe_err", errS, "unsubscribe_err", errU)
+	} else if errU == nil && errS == nil {
+		im.failing = false
 	}
 
 	im.mu.Lock()

@@ -67,6 +67,8 @@ type Session struct {
 	guard     *readGuard
 	violated  atomic.Bool
 	violation error
+
+	meter sessionMeter // for the write latency (see meter.go)
 }
 
 func randomSuffix() string {
@@ -234,6 +236,7 @@ func (s *Session) enqueue(m outMsg) bool {
 	if s.closing {
 		return false
 	}
+	s.markQueued()
 	if !s.q.push(m) {
 		s.slowLocked(fmt.Errorf("%w: send queue full (%d messages, %d bytes)", ErrSlowClient, len(s.q.msgs), s.q.bytes), false)
 		s.q.reset()
@@ -292,6 +295,7 @@ func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 		}
 		s.reads.Add(1)
 		h.stats.received.Add(1)
+		h.meters.bytesIn.Add(uint64(len(data)))
 		if typ == websocket.MessageText && !utf8.Valid(data) {
 			// RFC 6455, section 8.1.
 			if s.violate(ErrInvalidText, StatusInvalidFramePayloadData, "invalid UTF-8") {
@@ -351,6 +355,7 @@ func (s *Session) end(err error) {
 		err = fmt.Errorf("%w: %w", s.slowErr, err)
 	}
 	s.mu.Unlock()
+	h.countClose(s, err)
 	s.onDisconnect(err)
 }
 

@@ -30,10 +30,10 @@ func (s *Session) writeLoop() {
 			s.mu.Unlock()
 			return
 		}
-		batch = s.q.take(batch)
+		batch = s.takeMetered(batch)
 		s.mu.Unlock()
 
-		err := s.writeBatch(batch)
+		err := s.writeMetered(batch)
 		if err != nil {
 			if !s.stalled(err) {
 				s.hub.log.Debug("wshub: write failed, closing session", "session", s.id, "err", err)

@@ -12,12 +12,18 @@
 // one from configuration with Open:
 //
 //	bp, err := backplane.Open(ctx, "memory://")
+//
+// What does not belong in a URL, such as the logger, is given to Open as
+// options:
+//
+//	bp, err := backplane.Open(ctx, cfg.BackplaneURL, backplane.WithLogger(logger))
 package backplane
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"sort"
 	"sync"
@@ -142,12 +148,37 @@ type Event struct {
 // Notifier is implemented by backplanes that report changes of their link to
 // the bus. The hub calls Notify once, before Start. fn must not block, and is
 // not called after Close returns.
+//
+// The hub logs every Event it receives at Warn level (a restore without a
+// gap at Info), with its node attribute, so that each change is logged
+// once: a backend that logs the changes it reports logs them at Debug.
 type Notifier interface {
 	Notify(fn func(Event))
 }
 
-// Opener opens a backplane from a URL whose scheme it was registered for.
-type Opener func(ctx context.Context, u *url.URL) (Backplane, error)
+// Opener opens a backplane from a URL whose scheme it was registered for,
+// with the options given to Open.
+type Opener func(ctx context.Context, u *url.URL, o OpenOptions) (Backplane, error)
+
+// OpenOptions are what Open hands an Opener besides the URL: the settings
+// that do not belong in a URL. Open sets every field, so an Opener sees no
+// zero value; a caller of an Opener's function outside Open may leave them
+// zero, and the backend then applies the default given here.
+type OpenOptions struct {
+	// Logger receives the backplane's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// An OpenOption sets one of the OpenOptions that Open hands the backend.
+type OpenOption func(*OpenOptions)
+
+// WithLogger makes l receive the logs of the backplane that Open opens, so
+// that one logger reaches the hub and its backplane. A nil l selects the
+// default, slog.Default(). The hub adds its node attribute to what it logs
+// itself; add it to l (l.With("node", id)) for the backplane's lines too.
+func WithLogger(l *slog.Logger) OpenOption {
+	return func(o *OpenOptions) { o.Logger = l }
+}
 
 // registry is the only package-level state: the table of backends, written by
 // their init functions.
@@ -188,8 +219,9 @@ func Schemes() []string {
 //
 //	import _ "github.com/wshub/wshub/backplane/memory"
 //
-// The caller owns the returned backplane and must Close it.
-func Open(ctx context.Context, rawURL string) (Backplane, error) {
+// opts set what does not belong in the URL (WithLogger). The caller owns
+// the returned backplane and must Close it.
+func Open(ctx context.Context, rawURL string, opts ...OpenOption) (Backplane, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("backplane: parse url: %w", err)
@@ -200,7 +232,16 @@ func Open(ctx context.Context, rawURL string) (Backplane, error) {
 	if open == nil {
 		return nil, fmt.Errorf("%w %q (registered: %v)", ErrUnknownScheme, u.Scheme, Schemes())
 	}
-	bp, err := open(ctx, u)
+	var o OpenOptions
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	bp, err := open(ctx, u, o)
 	if err != nil {
 		return nil, fmt.Errorf("backplane: open %s: %w", u.Scheme, err)
 	}

@@ -30,8 +30,9 @@ func init() {
 
 // open is the backplane.Opener of the "memory" scheme. It accepts only
 // "memory://" (or its equivalent "memory:") and returns a node on a new
-// private bus.
-func open(ctx context.Context, u *url.URL) (backplane.Backplane, error) {
+// private bus. A memory node logs nothing, so it has no use for the
+// options.
+func open(ctx context.Context, u *url.URL, _ backplane.OpenOptions) (backplane.Backplane, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,7 +78,7 @@ func (l *shardLog) message(name, msg string, catchingUp bool) {
 		// a forged ID from the future would make every real message after
 		// it look like a duplicate.
 		l.s.logStats.malformed.Add(1)
-		l.s.log.Debug("redis backplane: dropped a message that is not a wake-up", "channel", name)
+		l.s.log.Debug("redis backplane: dropped a message that is not a wake-up", "channel", strings.TrimPrefix(name, l.prefix))
 		return
 	}
 	l.deliverEntry(name, epoch, id, payload)
@@ -109,11 +110,23 @@ func (l *shardLog) catchUp(busy func()) (gap bool) {
 	l.mu.Unlock()
 	ctx := l.s.ctx
 	l.s.syncClock(ctx)
+	// Reads that fail (Redis went away again) are logged once per
+	// catch-up, not once per channel: a node may hold 100,000.
+	failed, firstFailed, firstErr := 0, "", error(nil)
+	defer func() {
+		if failed > 0 && ctx.Err() == nil {
+			l.s.log.Warn("redis backplane: catch-up read failed; reporting a gap",
+				"channels", failed, "channel", strings.TrimPrefix(firstFailed, l.prefix), "err", firstErr)
+		}
+	}()
 	for len(todo) > 0 && ctx.Err() == nil {
 		for ch, from := range todo {
 			page, err := l.s.readPage(ctx, logKey(l.prefix, ch), epochKey(l.prefix, ch), from, catchUpPage)
 			if err != nil {
-				l.s.log.Warn("redis backplane: catch-up read failed", "channel", ch, "err", err)
+				if failed == 0 {
+					firstFailed, firstErr = ch, err
+				}
+				failed++
 				gap = true
 				delete(todo, ch)
 				continue

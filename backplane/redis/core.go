@@ -467,7 +467,8 @@ func (c *core) setDown(err error) {
 	c.mu.Unlock()
 	if first {
 		c.stats.downs.Add(1)
-		c.log.Warn("redis backplane: down", "err", err)
+		// Debug: the hub logs the event at Warn, with its node, once.
+		c.log.Debug("redis backplane: down", "err", err)
 		if fn != nil {
 			fn(backplane.Event{Kind: backplane.EventDown, Err: err})
 		}
@@ -493,7 +494,7 @@ func (c *core) setUp(gap bool) {
 		if gap {
 			c.stats.gaps.Add(1)
 		}
-		c.log.Warn("redis backplane: restored", "gap", gap)
+		c.log.Debug("redis backplane: restored", "gap", gap)
 		if fn != nil {
 			fn(backplane.Event{Kind: backplane.EventRestored, Gap: gap})
 		}

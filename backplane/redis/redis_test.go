@@ -170,6 +170,6 @@ func TestOpenURL(t *testing.T) {
 
 func TestSchemesAreRegistered(t *testing.T) {
 	assert.Subset(t, backplane.Schemes(), []string{"redis", "rediss"})
-	_, err := wsredis.Open(bg, &url.URL{Scheme: "redis", Host: "127.0.0.1:1", RawQuery: "cluster=maybe"})
+	_, err := wsredis.Open(bg, &url.URL{Scheme: "redis", Host: "127.0.0.1:1", RawQuery: "cluster=maybe"}, backplane.OpenOptions{})
 	assert.ErrorIs(t, err, wsredis.ErrInvalidOptions)
 }

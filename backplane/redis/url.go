@@ -33,11 +33,17 @@ func init() {
 //
 // Open checks the connection with a PING bounded by ctx, so that a wrong
 // address or password fails at start-up.
-func Open(ctx context.Context, u *url.URL) (backplane.Backplane, error) {
+//
+// o.Logger becomes Options.Logger. It does not reach go-redis, whose own
+// lines ("redis: connection pool: failed to dial ...") go to the logger
+// that go-redis v9 keeps for the whole process: see the package
+// documentation for the one call that quiets or redirects them.
+func Open(ctx context.Context, u *url.URL, o backplane.OpenOptions) (backplane.Backplane, error) {
 	cfg, err := parseQuery(u)
 	if err != nil {
 		return nil, err
 	}
+	cfg.opts.Logger = o.Logger
 	var client goredis.UniversalClient
 	if cfg.cluster {
 		co, err := goredis.ParseClusterURL(cfg.rest.String())

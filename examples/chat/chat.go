@@ -13,8 +13,13 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/backplane"
+	"github.com/wshub/wshub/metrics"
 )
 
 // Limits on what a client may send.
@@ -112,10 +117,33 @@ func newChat(bp backplane.Backplane, nodeID string, log *slog.Logger) (*chat, er
 	c.hub = hub
 	c.mux.HandleFunc("GET /{$}", serveIndex)
 	c.mux.Handle("/ws", hub)
+	c.mountOps()
 	return c, nil
 }
 
+// mountOps mounts the endpoints for operations, next to the chat: a load
+// balancer or Kubernetes probes them (see wshub.Hub.ReadinessHandler and
+// LivenessHandler). A production server may serve them on a port of their
+// own instead, out of the public's reach.
+func (c *chat) mountOps() {
+	// Liveness: 200 until the hub is closed, even while Redis is down.
+	c.mux.Handle("GET /healthz", c.hub.LivenessHandler())
+	// Readiness: 503 while the backplane cannot deliver, and from the
+	// start of a drain.
+	c.mux.Handle("GET /readyz", c.hub.ReadinessHandler())
+	// Prometheus: the hub's metrics (see package metrics) and the Go
+	// runtime's, on a registry of the chat's own.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewCollector(c.hub), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c.mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+}
+
 func (c *chat) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.mux.ServeHTTP(w, r) }
+
+// Drain takes the node out of service before a restart: readiness fails
+// and the sessions are closed in batches with 1012, for their clients to
+// resume on another node; see wshub.Hub.Drain.
+func (c *chat) Drain(ctx context.Context) error { return c.hub.Drain(ctx) }
 
 // Close closes the hub gracefully; see wshub.Hub.Close.
 func (c *chat) Close(ctx context.Context) error { return c.hub.Close(ctx) }
@@ -174,14 +202,31 @@ func checkText(text string) error {
 	return nil
 }
 
-// onConnect sends the welcome and joins the lobby.
+// onConnect sends the welcome and joins the rooms the client names with
+// "room" query parameters, or the lobby when it names none. A client that
+// reconnects names the rooms it was in, so that they are joined before the
+// hub resumes them (the hub resumes the channels a session holds once
+// OnConnect has run; see "Resume" in the wshub package documentation).
 func (c *chat) onConnect(ctx context.Context, s *wshub.Session) error {
 	c.log.Info("user connected", "user", s.UserID(), "session", s.ID())
 	c.reply(s, outbound{Type: "welcome", User: s.UserID(), Node: c.hub.NodeID()})
-	if err := c.join(ctx, s, lobby); err != nil {
-		// Returning the error would close with 1008 (policy violation);
-		// this is a transient failure, so ask the client to come back.
-		_ = s.Close(wshub.StatusTryAgainLater, "could not join the lobby")
+	rooms := s.Request().URL.Query()["room"]
+	if len(rooms) == 0 {
+		rooms = []string{lobby}
+	}
+	for _, room := range rooms {
+		err := c.join(ctx, s, room)
+		var failed *joinError
+		switch {
+		case errors.As(err, &failed):
+			// Returning the error would close with 1008 (policy
+			// violation); this is a transient failure, so ask the
+			// client to come back.
+			_ = s.Close(wshub.StatusTryAgainLater, "could not join a room")
+			return nil
+		case err != nil: // a room name the client should not have sent
+			c.reply(s, outbound{Type: "error", Text: err.Error()})
+		}
 	}
 	return nil
 }
@@ -222,6 +267,12 @@ func (c *chat) onMessage(ctx context.Context, s *wshub.Session, m wshub.Message)
 	}
 }
 
+// joinError is a join that failed for a cause of the server's, typically
+// the backplane; the client may try again.
+type joinError struct{ room string }
+
+func (e *joinError) Error() string { return fmt.Sprintf("could not join %q, try again", e.room) }
+
 func (c *chat) join(ctx context.Context, s *wshub.Session, room string) error {
 	if err := checkRoom(room); err != nil {
 		return err
@@ -236,7 +287,7 @@ func (c *chat) join(ctx context.Context, s *wshub.Session, room string) error {
 	// Join returns once broadcasts to the room reach this session.
 	if err := s.Join(ctx, room); err != nil {
 		c.log.Warn("join failed", "user", s.UserID(), "room", room, "err", err)
-		return fmt.Errorf("could not join %q, try again", room)
+		return &joinError{room}
 	}
 	c.reply(s, outbound{Type: "joined", Room: room})
 	if !already { // the client's list of a room it was in is live already

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -30,6 +31,10 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		main() // a chat node of TestRollingRestart, in its own process
+		os.Exit(0)
+	}
 	// go-redis's pool finishes a dial it started, with its own retries,
 	// in a goroutine that can outlive Client.Close for a moment when the
 	// server is gone (the fault tests kill it). It ends by itself.
@@ -243,9 +248,24 @@ func wsURL(httpURL, name string) string {
 // welcome from node, then the lobby.
 func dial(t *testing.T, httpURL, name, node string) *client {
 	t.Helper()
+	c := dialURL(t, wsURL(httpURL, name), name)
+	w := c.next()
+	require.Equal(t, "welcome", w.Type)
+	require.Equal(t, strings.TrimSpace(name), w.User)
+	if node != "" {
+		require.Equal(t, node, w.Node)
+	}
+	c.expect(event{Type: "joined", Room: "lobby"})
+	return c
+}
+
+// dialURL connects to the WebSocket URL u as name, reading in the
+// background.
+func dialURL(t *testing.T, u, name string) *client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, wsURL(httpURL, name), nil)
+	conn, _, err := websocket.Dial(ctx, u, nil)
 	require.NoError(t, err)
 	c := &client{
 		t: t, name: name, conn: conn, msgs: make(chan []byte, 100), done: make(chan struct{}),
@@ -267,14 +287,6 @@ func dial(t *testing.T, httpURL, name, node string) *client {
 		}
 	}()
 	t.Cleanup(func() { _ = conn.CloseNow(); <-c.done })
-
-	w := c.next()
-	require.Equal(t, "welcome", w.Type)
-	require.Equal(t, strings.TrimSpace(name), w.User)
-	if node != "" {
-		require.Equal(t, node, w.Node)
-	}
-	c.expect(event{Type: "joined", Room: "lobby"})
 	return c
 }
 
@@ -771,8 +783,8 @@ func TestRunServesUntilCanceled(t *testing.T) {
 
 			r.cancel()
 			select {
-			case <-alice.done:
-				assert.Equal(t, websocket.StatusGoingAway, websocket.CloseStatus(alice.err))
+			case <-alice.done: // the drain closed her session
+				assert.Equal(t, websocket.StatusServiceRestart, websocket.CloseStatus(alice.err))
 			case <-time.After(waitFor):
 				t.Fatal("the session was not closed")
 			}
@@ -783,6 +795,7 @@ func TestRunServesUntilCanceled(t *testing.T) {
 			case <-time.After(waitFor):
 				t.Fatal("run did not return")
 			}
+			assert.Contains(t, r.out.String(), "chat draining")
 			assert.Contains(t, r.out.String(), "chat stopped")
 		})
 	}

@@ -21,9 +21,24 @@
 //	                (default: the hub's private in-memory backplane)
 //	-node ID        node ID, unique in the cluster (default: random)
 //	-max-conns N    connections the listener accepts at once (default 10000)
+//	-drain D        how long a shutdown drains the sessions before it closes
+//	                the rest (default 15s; 0 closes them at once)
 //
-// The page at / speaks JSON over the WebSocket at /ws?name=NAME. The client
-// sends
+// It serves /healthz (liveness) and /readyz (readiness) for a load balancer
+// or Kubernetes probes. On SIGTERM or SIGINT it drains: readiness fails at
+// once, new upgrades get 503, and the sessions are closed in small batches
+// with status 1012 (service restart), so that clients reconnect to the other
+// nodes at once but not all at the same instant; then it closes the hub and
+// the HTTP server (within 10s more) and exits. In Kubernetes, keep
+// terminationGracePeriodSeconds above the drain plus those 10s: the default
+// 30 fits the default 15s drain. A second signal kills the process at once.
+//
+// The page at / speaks JSON over the WebSocket at /ws?name=NAME, adding
+// room=ROOM for each room to be in when it connects (the lobby when none is
+// named), and resumes where it left off when it reconnects, with wshub's
+// resume parameters (see "Resume" in the wshub package documentation): a
+// direct or room message sent while its node restarts is not lost on a
+// backplane that keeps logs (redis://...?mode=streams). The client sends
 //
 //	{"type":"join","room":"r"}
 //	{"type":"leave","room":"r"}
@@ -72,8 +87,8 @@ import (
 	_ "github.com/wshub/wshub/backplane/redis"
 )
 
-// shutdownTimeout bounds a graceful shutdown: closing the sessions, then the
-// HTTP server.
+// shutdownTimeout bounds a graceful shutdown after the drain: closing the
+// sessions left, then the HTTP server.
 const shutdownTimeout = 10 * time.Second
 
 func main() {
@@ -105,8 +120,9 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 }
 
 // run parses args, serves the chat until ctx is done, then shuts it down:
-// the hub first (its sessions get a 1001 close), then the HTTP server, then
-// the backplane if run opened one. Logs and usage go to stdout.
+// it drains the hub (its sessions get a 1012 close, in batches), closes it
+// (whatever is left gets 1001), then the HTTP server, then the backplane if
+// run opened one. Logs and usage go to stdout.
 func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
 	fs.SetOutput(stdout)
@@ -114,6 +130,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	bpURL := fs.String("backplane", "", "backplane `URL`, such as memory:// (default: the hub's private in-memory backplane)")
 	nodeID := fs.String("node", "", "node `ID`, unique in the cluster (default: random)")
 	maxConns := fs.Int("max-conns", 10000, "at most `N` connections open at once; keep it below the file descriptor limit")
+	drain := fs.Duration("drain", 15*time.Second, "on shutdown, close the sessions in batches for up to `D` before closing the rest")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -129,7 +146,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	// closes it, after the hub.
 	var bp backplane.Backplane
 	if *bpURL != "" {
-		if bp, err = backplane.Open(ctx, *bpURL); err != nil {
+		if bp, err = backplane.Open(ctx, *bpURL, backplane.WithLogger(log)); err != nil {
 			return err
 		}
 		defer func() { err = errors.Join(err, bp.Close()) }()
@@ -153,6 +170,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) (err error) {
 	select {
 	case <-ctx.Done():
 	case serveErr = <-served: // the listener failed
+	}
+	if *drain > 0 && serveErr == nil {
+		log.Info("chat draining", "timeout", *drain)
+		dctx, cancel := context.WithTimeout(context.Background(), *drain)
+		// A drain cut short is no failure: Close ends what is left.
+		if err := c.Drain(dctx); err != nil {
+			log.Warn("chat drain incomplete", "err", err)
+		}
+		cancel()
 	}
 	log.Info("chat shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)

@@ -6,12 +6,16 @@
 //	byte 0      version (1)
 //	byte 1      op
 //	byte 2      flags (bit 0: binary payload; bit 1: client follows code;
-//	            bit 2: signed, a tag follows the payload)
+//	            bit 2: signed, a tag follows the payload; bit 3: publish
+//	            time follows code and client)
 //	uvarint n + n bytes   target (user ID, topic or session ID)
 //	uvarint n + n bytes   arg (excluded session ID, topic, or close reason)
 //	uvarint     code (close status code for OpDisconnect, else 0)
 //	uvarint n + n bytes   client, only with bit 1: the client key of the
 //	                      excluded session of an OpTopic
+//	uvarint     published, only with bit 3: when the message was published,
+//	            in Unix microseconds (never 0), for the receiver's latency
+//	            measure; hubs write it on every OpUser, OpTopic and OpSession
 //	rest        payload, byte for byte
 //	32 bytes    tag, only with bit 2: HMAC-SHA256 of the channel and of
 //	            every byte before the tag (see Signer)
@@ -23,6 +27,10 @@
 // Decode rejects a signed envelope as malformed: only a Signer, which
 // verifies the tag, strips it. A decoder that predates signing rejects the
 // unknown flag the same way, so no hub ever delivers a tag as payload.
+//
+// An unknown flag is malformed, so a new optional field (a flag bit and
+// what it announces) is read only by decoders that know it: a hub that
+// predates the publish time drops every message that carries one.
 package envelope
 
 import (
@@ -64,6 +72,9 @@ const (
 	flagClient byte = 2
 	// flagSigned marks an envelope that ends with a tag (see Signer).
 	flagSigned byte = 4
+	// flagPublished marks an envelope with a Published field. Encode sets
+	// it when Published is not 0.
+	flagPublished byte = 8
 )
 
 // ErrMalformed is returned by Decode for bytes that are not a valid envelope.
@@ -79,8 +90,11 @@ type Envelope struct {
 	// Client is, for an OpTopic, the client key of the excluded session
 	// (see Arg), so that the same client resuming on a new session still
 	// skips what was excluded from its earlier one.
-	Client  string
-	Payload []byte
+	Client string
+	// Published is when the message was published, in Unix microseconds
+	// by the publishing node's clock; 0 when the envelope does not say.
+	Published uint64
+	Payload   []byte
 }
 
 // Size returns the number of bytes Encode will write for e.
@@ -89,6 +103,9 @@ func (e *Envelope) Size() int {
 		uvarintLen(uint64(len(e.Arg))) + len(e.Arg) + uvarintLen(e.Code) + len(e.Payload)
 	if e.Client != "" {
 		n += uvarintLen(uint64(len(e.Client))) + len(e.Client)
+	}
+	if e.Published != 0 {
+		n += uvarintLen(e.Published)
 	}
 	return n
 }
@@ -101,9 +118,12 @@ func (e *Envelope) Encode() []byte {
 // appendTo appends e in wire form to b, with extra flags set; any tag is
 // the caller's to append.
 func (e *Envelope) appendTo(b []byte, extra byte) []byte {
-	flags := e.Flags&^(flagClient|flagSigned) | extra
+	flags := e.Flags&^(flagClient|flagSigned|flagPublished) | extra
 	if e.Client != "" {
 		flags |= flagClient
+	}
+	if e.Published != 0 {
+		flags |= flagPublished
 	}
 	b = append(b, Version, byte(e.Op), flags)
 	b = binary.AppendUvarint(b, uint64(len(e.Target)))
@@ -114,6 +134,9 @@ func (e *Envelope) appendTo(b []byte, extra byte) []byte {
 	if e.Client != "" {
 		b = binary.AppendUvarint(b, uint64(len(e.Client)))
 		b = append(b, e.Client...)
+	}
+	if e.Published != 0 {
+		b = binary.AppendUvarint(b, e.Published)
 	}
 	return append(b, e.Payload...)
 }
@@ -138,7 +161,7 @@ func decode(b []byte, extra byte) (Envelope, error) {
 	if e.Op == 0 || e.Op >= opMax {
 		return e, fmt.Errorf("%w: op %d", ErrMalformed, b[1])
 	}
-	if e.Flags&^(FlagBinary|flagClient|extra) != 0 {
+	if e.Flags&^(FlagBinary|flagClient|flagPublished|extra) != 0 {
 		if e.Flags&flagSigned != 0 && extra&flagSigned == 0 {
 			return e, fmt.Errorf("%w: signed, and no key to verify it", ErrMalformed)
 		}
@@ -164,6 +187,15 @@ func decode(b []byte, extra byte) (Envelope, error) {
 			return e, fmt.Errorf("%w: client", ErrMalformed)
 		}
 		e.Flags &^= flagClient
+	}
+	if e.Flags&flagPublished != 0 {
+		t, n := binary.Uvarint(rest)
+		if n <= 0 || t == 0 {
+			return e, fmt.Errorf("%w: published", ErrMalformed)
+		}
+		e.Published = t
+		rest = rest[n:]
+		e.Flags &^= flagPublished
 	}
 	e.Payload = rest
 	return e, nil

@@ -18,6 +18,9 @@ func TestRoundTrip(t *testing.T) {
 		{"user text", Envelope{Op: OpUser, Target: "42", Payload: []byte("hello")}},
 		{"topic binary except", Envelope{Op: OpTopic, Flags: FlagBinary, Target: "room", Arg: "n1.7", Payload: []byte{0, 1, 2, 255}}},
 		{"topic except client", Envelope{Op: OpTopic, Target: "room", Arg: "n1.7", Client: "tab-1", Payload: []byte("x")}},
+		{"published", Envelope{Op: OpUser, Target: "42", Published: 1767225600123456, Payload: []byte("hello")}},
+		{"published one", Envelope{Op: OpSession, Target: "n1.1", Published: 1, Payload: []byte{}}},
+		{"published and client", Envelope{Op: OpTopic, Flags: FlagBinary, Target: "room", Arg: "n1.7", Client: "tab-1", Published: 1<<63 + 5, Payload: []byte{9}}},
 		{"empty payload", Envelope{Op: OpSession, Target: "n1.1", Payload: []byte{}}},
 		{"disconnect", Envelope{Op: OpDisconnect, Target: "u", Arg: "bye", Code: 4000}},
 		{"long target", Envelope{Op: OpJoin, Target: string(bytes.Repeat([]byte("x"), 300)), Arg: "t"}},
@@ -36,6 +39,7 @@ func TestRoundTrip(t *testing.T) {
 			assert.Equal(t, tt.e.Arg, got.Arg)
 			assert.Equal(t, tt.e.Code, got.Code)
 			assert.Equal(t, tt.e.Client, got.Client)
+			assert.Equal(t, tt.e.Published, got.Published)
 			assert.True(t, bytes.Equal(tt.e.Payload, got.Payload), "payload byte for byte")
 		})
 	}
@@ -53,6 +57,10 @@ func TestDecodeMalformed(t *testing.T) {
 		{"op zero", []byte{1, 0, 0, 0, 0, 0}},
 		{"op too big", []byte{1, byte(opMax), 0, 0, 0, 0}},
 		{"bad flags", []byte{1, 1, 4, 0, 0, 0}},
+		{"unknown flag", []byte{1, 1, 16, 0, 0, 0}},
+		{"published flag without published", []byte{1, 1, 8, 0, 0, 0}},
+		{"published zero", []byte{1, 1, 8, 0, 0, 0, 0}},
+		{"published bad varint", []byte{1, 1, 8, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}},
 		{"client flag without client", []byte{1, 2, 2, 0, 0, 0}},
 		{"empty client", []byte{1, 2, 2, 0, 0, 0, 0}},
 		{"target overruns", []byte{1, 1, 0, 10, 'a'}},
@@ -70,10 +78,27 @@ func TestDecodeMalformed(t *testing.T) {
 	}
 }
 
+// The publish time is optional: an envelope without it is written byte for
+// byte as before the field existed, and one with it only adds the flag bit
+// and the uvarint before the payload.
+func TestPublishedIsOptional(t *testing.T) {
+	without := Envelope{Op: OpUser, Target: "u", Payload: []byte("p")}
+	assert.Equal(t, []byte{1, 1, 0, 1, 'u', 0, 0, 'p'}, without.Encode())
+	with := without
+	with.Published = 300 // two bytes as a uvarint
+	assert.Equal(t, []byte{1, 1, 8, 1, 'u', 0, 0, 0xac, 0x02, 'p'}, with.Encode())
+	got, err := Decode(without.Encode())
+	require.NoError(t, err)
+	assert.Zero(t, got.Published, "a receiver of an envelope without the time finds none")
+}
+
 func FuzzDecode(f *testing.F) {
 	f.Add((&Envelope{Op: OpTopic, Target: "room", Arg: "s", Payload: []byte("hi")}).Encode())
 	f.Add((&Envelope{Op: OpDisconnect, Target: "u", Arg: "r", Code: 1000}).Encode())
+	f.Add((&Envelope{Op: OpUser, Target: "u", Published: 1767225600123456, Payload: []byte("hi")}).Encode())
+	f.Add((&Envelope{Op: OpTopic, Target: "t", Client: "c", Published: 1, Payload: []byte{0}}).Encode())
 	f.Add([]byte{1, 1, 0})
+	f.Add([]byte{1, 1, 8, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		e, err := Decode(b)
 		if err != nil {

@@ -20,6 +20,7 @@ func TestSignedRoundTrip(t *testing.T) {
 	for _, e := range []Envelope{
 		{Op: OpUser, Target: "42", Payload: []byte("hello")},
 		{Op: OpTopic, Flags: FlagBinary, Target: "room", Arg: "n1.7", Client: "tab", Payload: []byte{0, 1, 255}},
+		{Op: OpTopic, Target: "room", Client: "tab", Published: 1767225600123456, Payload: []byte("timed")},
 		{Op: OpDisconnect, Target: "u", Arg: "bye", Code: 4000},
 		{Op: OpFlush, Target: "1", Payload: []byte{}},
 	} {
@@ -34,6 +35,7 @@ func TestSignedRoundTrip(t *testing.T) {
 		assert.Equal(t, e.Arg, got.Arg)
 		assert.Equal(t, e.Code, got.Code)
 		assert.Equal(t, e.Client, got.Client)
+		assert.Equal(t, e.Published, got.Published)
 		assert.True(t, bytes.Equal(e.Payload, got.Payload), "payload byte for byte, without the tag")
 		if len(got.Payload) > 0 {
 			assert.Same(t, &b[len(b)-TagSize-len(got.Payload)], &got.Payload[0], "the payload aliases the envelope")
@@ -80,7 +82,7 @@ func TestSignedDecodeRejects(t *testing.T) {
 // A verified envelope that does not parse is malformed, not forged.
 func TestSignedMalformed(t *testing.T) {
 	s := NewSigner([][]byte{key1})
-	b := (&Envelope{Op: OpUser, Target: "a"}).appendTo(nil, flagSigned|8)
+	b := (&Envelope{Op: OpUser, Target: "a"}).appendTo(nil, flagSigned|16) // an unknown flag
 	st := s.state("c")
 	m := st.macs[0]
 	m.Reset()
@@ -134,6 +136,7 @@ func TestSignerCopiesKeys(t *testing.T) {
 func FuzzSignedDecode(f *testing.F) {
 	s := NewSigner([][]byte{key1, key2})
 	f.Add("u:a", s.Encode("u:a", &Envelope{Op: OpTopic, Target: "room", Arg: "s", Payload: []byte("hi")}))
+	f.Add("u:a", s.Encode("u:a", &Envelope{Op: OpUser, Target: "a", Published: 1767225600123456, Payload: []byte("timed")}))
 	f.Add("u:a", []byte{1, 1, 4})
 	f.Fuzz(func(t *testing.T, channel string, b []byte) {
 		e, err := s.Decode(channel, b)
