@@ -268,8 +268,10 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = &corkConn{Conn: nc}
-	brw.Writer.Reset(w.conn)
+	w.conn = newCorkConn(nc)
+	// The library writes only its control frames: a small buffer holds
+	// each whole (see libWriteBuffer), and the server's 4 KiB one goes.
+	brw.Writer = bufio.NewWriterSize(w.conn, libWriteBuffer)
 	if w.guard == nil {
 		return w.conn, brw, nil
 	}

@@ -252,7 +252,9 @@ func (r *registry) deliver(index map[string]map[*Session]struct{}, key string, d
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var n uint64
-	for s := range index[key] {
+	set := index[key]
+	d.shared, d.now = len(set) > 1, mono()
+	for s := range set {
 		if s.id != except && s.deliver(d) {
 			n++
 		}
