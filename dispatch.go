@@ -65,13 +65,22 @@ func (h *Hub) handle(m backplane.Message) *flush {
 		d.msg.typ = websocket.MessageBinary
 	}
 	switch e.Op {
+	case envelope.OpUser, envelope.OpTopic, envelope.OpSession:
+		// A fan-out that follows the last one closely is a burst: its
+		// messages go through the writers, which pack what queues into
+		// few writes, rather than one system call per recipient each.
+		d.now = mono()
+		d.through = d.now-h.fanoutEnd.Load() >= h.throughIdle
+		defer func() { h.fanoutEnd.Store(mono()) }()
+	}
+	switch e.Op {
 	case envelope.OpUser:
 		h.stats.delivered.Add(h.reg.deliver(h.reg.users, e.Target, &d, ""))
 	case envelope.OpTopic:
 		h.stats.delivered.Add(h.reg.deliver(h.reg.topics, e.Target, &d, e.Arg))
 	case envelope.OpSession:
 		s := h.reg.session(e.Target)
-		d.off, d.now = "", mono()
+		d.off = ""
 		if s != nil && s.deliver(&d) {
 			h.stats.delivered.Add(1)
 		}
@@ -120,9 +129,11 @@ type delivery struct {
 	channel, off string
 	// shared says the message has several recipients, for whom it is
 	// framed once; one recipient's is framed as it is written. now is
-	// when the fan-out began (mono).
-	shared bool
-	now    int64
+	// when the fan-out began (mono); through says it may write to idle
+	// sockets itself (it is no burst).
+	shared  bool
+	through bool
+	now     int64
 
 	wire       []byte // the frame of msg
 	framed     []byte // the payload in the positions framing
@@ -160,7 +171,7 @@ func (d *delivery) framedMsg(s *Session) outMsg {
 // holds it back while s recovers d's channel.
 func (s *Session) deliver(d *delivery) bool {
 	if !s.framing.positions {
-		return s.enqueueAt(d.plain(s), d.now)
+		return s.enqueueAt(d.plain(s), d.through, d.now)
 	}
 	m, channel, off := d.framedMsg(s), d.channel, d.off
 	if off != "" {
@@ -192,5 +203,5 @@ func (s *Session) deliver(d *delivery) bool {
 		}
 		s.mu.Unlock()
 	}
-	return s.enqueueAt(m, d.now)
+	return s.enqueueAt(m, d.through, d.now)
 }

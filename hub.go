@@ -32,9 +32,12 @@ const (
 // first session) and needs no NodeID of its own: the default is random.
 type Hub struct {
 	opts Options
-	// throughIdle is how long a session's socket must have taken nothing
-	// before the fan-out writes to it itself (see Session.enqueueAt).
+	// throughIdle is how long a session's socket must have taken nothing,
+	// and the fan-out must have rested, before the fan-out writes to the
+	// socket itself (see Session.enqueueAt); fanoutEnd is when the last
+	// fan-out ended (mono).
 	throughIdle int64
+	fanoutEnd   atomic.Int64
 	log         *slog.Logger
 	replay      backplane.Log // the backplane, when it keeps logs for resume
 	bp          backplane.Backplane

@@ -253,7 +253,7 @@ func (r *registry) deliver(index map[string]map[*Session]struct{}, key string, d
 	defer r.mu.RUnlock()
 	var n uint64
 	set := index[key]
-	d.shared, d.now = len(set) > 1, mono()
+	d.shared = len(set) > 1
 	for s := range set {
 		if s.id != except && s.deliver(d) {
 			n++

@@ -175,7 +175,7 @@ func (s *Session) Send(msg Message) error {
 	if s.framing.positions {
 		data = frame("", data) // no offset: an empty head
 	}
-	if !s.enqueueAt(outMsg{typ: websocket.MessageType(msg.Type), data: data}, mono()) {
+	if !s.enqueueAt(outMsg{typ: websocket.MessageType(msg.Type), data: data}, true, mono()) {
 		return ErrSessionClosed
 	}
 	s.hub.stats.delivered.Add(1)
@@ -228,19 +228,20 @@ func (s *Session) closeGracefully() {
 
 // enqueue adds m to the queue and starts the writer if it is idle. It
 // reports false when the session is closing or was closed as too slow.
-func (s *Session) enqueue(m outMsg) bool { return s.enqueueAt(m, mono()) }
+func (s *Session) enqueue(m outMsg) bool { return s.enqueueAt(m, true, mono()) }
 
-// enqueueAt is enqueue at now (mono). When nothing is queued, no writer
-// runs and the socket has been idle for throughIdle, it first writes m to
-// the socket itself, without waiting (see corkConn.writeThrough): only what
-// the socket would not take at once, if anything, is queued for the writer.
-func (s *Session) enqueueAt(m outMsg, now int64) bool {
+// enqueueAt is enqueue at now (mono). When through is set, nothing is
+// queued, no writer runs and the socket has been idle for a while
+// (Hub.throughIdle), it first writes m to the socket itself, without
+// waiting (see corkConn.writeThrough): only what the socket would not take
+// at once, if anything, is queued for the writer.
+func (s *Session) enqueueAt(m outMsg, through bool, now int64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return false
 	}
-	if !s.writing && s.conn != nil && s.q.empty() && !s.framing.packed && s.cork.idleSince(now, s.hub.throughIdle) {
+	if through && !s.writing && s.conn != nil && s.q.empty() && !s.framing.packed && s.cork.idleSince(now, s.hub.throughIdle) {
 		ok, partial := s.cork.writeThrough(&m)
 		if ok && !partial {
 			return true
