@@ -30,6 +30,7 @@ type config struct {
 	dialConc  int
 	cpuProf   string
 	clientCPU string
+	heapProf  string
 }
 
 func parseFlags(args []string, out io.Writer) (config, error) {
@@ -55,6 +56,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.dialConc, "dial-conc", 128, "WebSocket handshakes in flight")
 	fs.StringVar(&c.cpuProf, "cpuprofile", "", "write a CPU profile of the server process to `file`")
 	fs.StringVar(&c.clientCPU, "client-cpuprofile", "", "write a CPU profile of the client process to `file`")
+	fs.StringVar(&c.heapProf, "heapprofile", "", "write a heap profile of the server process, clients connected, to `file`")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

@@ -31,6 +31,8 @@
 //	-dial-conc N     handshakes in flight (default 128)
 //	-cpuprofile F    CPU profile of the server process
 //	-client-cpuprofile F  CPU profile of the client process
+//	-heapprofile F   heap profile of the server process once the clients are
+//	                 connected (after the collection that measures them)
 //
 // The client process is this binary run as "wshub-bench -role clients": it
 // reads JSON requests on stdin and answers each with one JSON line on stdout
