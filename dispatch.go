@@ -140,6 +140,22 @@ type delivery struct {
 	framedWire []byte // framed's frame
 }
 
+// prepare builds the frames that recipients share, so that goroutines of
+// a parallel fan-out only read d.
+func (d *delivery) prepare() {
+	if !d.shared {
+		return
+	}
+	if d.wire == nil {
+		d.wire, _ = encodeFrame(d.msg.typ, "", false, d.msg.data)
+	}
+	if d.framedWire == nil {
+		var at int
+		d.framedWire, at = encodeFrame(d.msg.typ, head(d.off, d.channel), true, d.msg.data)
+		d.framed = d.framedWire[at:]
+	}
+}
+
 // plain returns the message as s gets it without the positions framing.
 func (d *delivery) plain(s *Session) outMsg {
 	if !d.shared || s.framing.packed {
