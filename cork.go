@@ -37,16 +37,37 @@ var clockStart = time.Now()
 func mono() int64 { return int64(time.Since(clockStart)) }
 
 // writeBufs are the buffers of corked batches and of frames put together
-// for one write, taken only while writing.
-var writeBufs = sync.Pool{New: func() any {
-	b := make([]byte, 0, corkLimit)
-	return &b
-}}
+// for one write, taken only while writing, in three sizes: a writer stuck
+// on a socket holds one, so it should be no larger than its batch.
+var writeBufs = [3]sync.Pool{
+	{New: func() any { b := make([]byte, 0, 4<<10); return &b }},
+	{New: func() any { b := make([]byte, 0, 16<<10); return &b }},
+	{New: func() any { b := make([]byte, 0, corkLimit); return &b }},
+}
 
+// getWriteBuf returns an empty buffer for about n bytes.
+func getWriteBuf(n int) *[]byte {
+	switch {
+	case n <= 4<<10:
+		return writeBufs[0].Get().(*[]byte)
+	case n <= 16<<10:
+		return writeBufs[1].Get().(*[]byte)
+	default:
+		return writeBufs[2].Get().(*[]byte)
+	}
+}
+
+// putWriteBuf hands b back to the pool of its size.
 func putWriteBuf(b *[]byte) {
-	if cap(*b) <= 2*corkLimit {
-		*b = (*b)[:0]
-		writeBufs.Put(b)
+	*b = (*b)[:0]
+	switch c := cap(*b); {
+	case c > 2*corkLimit:
+	case c >= corkLimit:
+		writeBufs[2].Put(b)
+	case c >= 16<<10:
+		writeBufs[1].Put(b)
+	case c >= 4<<10:
+		writeBufs[0].Put(b)
 	}
 }
 
@@ -165,7 +186,7 @@ func (c *corkConn) send(m *outMsg) error {
 		return c.putLocked(hdr, m.data)
 	}
 	// One frame, one write.
-	bp := writeBufs.Get().(*[]byte)
+	bp := getWriteBuf(len(hdr) + len(m.data))
 	b := append(append((*bp)[:0], hdr...), m.data...)
 	_, err := c.sendLocked(b)
 	*bp = b
@@ -224,7 +245,7 @@ func (c *corkConn) writeThrough(m *outMsg) (ok, partial bool) {
 		if len(m.data) > writeChunk {
 			return false, false
 		}
-		bp = writeBufs.Get().(*[]byte)
+		bp = getWriteBuf(maxFrameHeader + len(m.data))
 		p = append(appendFrameHeader((*bp)[:0], m.typ, len(m.data)), m.data...)
 		*bp = p
 		defer putWriteBuf(bp)
@@ -353,14 +374,14 @@ func (c *corkConn) arm(timeout time.Duration) error {
 	return c.armLocked(time.Now())
 }
 
-// cork starts buffering writes; until uncork, each real write must make
-// progress within timeout (see deadline).
-func (c *corkConn) cork(timeout time.Duration) error {
+// cork starts buffering writes, of about n bytes; until uncork, each real
+// write must make progress within timeout (see deadline).
+func (c *corkConn) cork(timeout time.Duration, n int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked, c.timeout = true, timeout
 	if c.bufp == nil {
-		c.bufp = writeBufs.Get().(*[]byte)
+		c.bufp = getWriteBuf(min(n, corkLimit))
 		c.buf = (*c.bufp)[:0]
 	}
 	return c.armLocked(time.Now())

@@ -50,7 +50,7 @@ func TestCorkConnBatchesWrites(t *testing.T) {
 	require.NoError(t, c.send(&m))
 	assert.Equal(t, 1, under.writes, "uncorked writes go straight through, header and payload in one")
 
-	require.NoError(t, c.cork(time.Second))
+	require.NoError(t, c.cork(time.Second, 0))
 	want := append([]byte(nil), a...)
 	for i := 0; i < 100; i++ {
 		m, f := text([]byte("bc"))
@@ -64,7 +64,7 @@ func TestCorkConnBatchesWrites(t *testing.T) {
 
 	// A batch larger than the limit goes out in pieces, order kept.
 	under.data.Reset()
-	require.NoError(t, c.cork(time.Second))
+	require.NoError(t, c.cork(time.Second, 0))
 	m1, f1 := text([]byte{1})
 	mb, fb := text(bytes.Repeat([]byte{7}, corkLimit+1))
 	m2, f2 := text([]byte{2})
@@ -78,7 +78,7 @@ func TestCorkConnBatchesWrites(t *testing.T) {
 func TestCorkConnReportsWriteErrors(t *testing.T) {
 	a, b := net.Pipe()
 	c := newCorkConn(a)
-	require.NoError(t, c.cork(time.Second))
+	require.NoError(t, c.cork(time.Second, 0))
 	b.Close()
 	m, _ := text([]byte("x"))
 	require.NoError(t, c.send(&m), "buffered")
@@ -103,7 +103,7 @@ func TestCorkConnWritesInChunks(t *testing.T) {
 	assert.Equal(t, writeChunk, under.largest)
 
 	under.data.Reset()
-	require.NoError(t, c.cork(time.Second))
+	require.NoError(t, c.cork(time.Second, 0))
 	var want []byte
 	for i := 0; i < 3; i++ {
 		m, f := text(big[:corkLimit-20]) // fills the cork buffer
@@ -126,7 +126,7 @@ func TestCorkConnWritesInChunks(t *testing.T) {
 func TestCorkConnReportsTimeouts(t *testing.T) {
 	under := &countingConn{failWith: &net.OpError{Op: "write", Net: "tcp", Err: os.ErrDeadlineExceeded}}
 	c := newCorkConn(under)
-	require.NoError(t, c.cork(time.Second))
+	require.NoError(t, c.cork(time.Second, 0))
 	m, _ := text(make([]byte, corkLimit+1))
 	err := c.send(&m)
 	assert.True(t, errors.Is(err, os.ErrDeadlineExceeded), "%v", err)

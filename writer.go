@@ -96,7 +96,11 @@ func (s *Session) writeBatch(batch []outMsg) error {
 		batch[0] = outMsg{}
 		return err
 	}
-	err := c.cork(s.hub.opts.WriteTimeout)
+	n := 0
+	for i := range batch {
+		n += maxFrameHeader + batch[i].size()
+	}
+	err := c.cork(s.hub.opts.WriteTimeout, n)
 	for i := range batch {
 		if err == nil {
 			err = c.send(&batch[i])
