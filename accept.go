@@ -21,11 +21,11 @@ import (
 )
 
 // ServeHTTP authenticates the request, upgrades it to a WebSocket and starts
-// serving the session, on a goroutine of the hub's that Close waits for: it
+// serving the session on a goroutine of the hub's, which Close waits for. It
 // returns once the handshake is done, so that the HTTP server's buffers for
-// the request are released while the session lasts (the session's own
-// Context, not the request's, says when it ends). Before any upgrade it answers 401 when
-// Options.Authenticate fails, 403 for a refused origin, 400 for resume
+// the request are released while the session lasts: the session's Context,
+// not the request's, says when it ends. Before any upgrade it answers 401
+// when Options.Authenticate fails, 403 for a refused origin, 400 for resume
 // parameters it cannot use (see SinceParam, ClientParam), 429 Too Many
 // Requests when the user already has Limits.SessionsPerUser sessions on this
 // node, 503 when the node already has Limits.Sessions sessions (both with a

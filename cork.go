@@ -28,7 +28,7 @@ const libWriteBuffer = 128
 // fan-out writes to it itself (see corkConn.writeThrough): a session that
 // is written to more often than that goes through its writer, which packs
 // what queues meanwhile into few writes.
-const throughIdle = time.Millisecond
+const throughIdle = 5 * time.Millisecond
 
 // clockStart is the origin of mono.
 var clockStart = time.Now()

@@ -61,7 +61,7 @@ type Hub struct {
 	mu        sync.RWMutex
 	closed    bool
 	flushes   map[string]chan struct{} // tokens of flush markers in flight
-	conns     sync.WaitGroup           // ServeHTTP calls that own a session
+	conns     sync.WaitGroup           // ServeHTTP calls, and the sessions they started
 	closeOnce sync.Once
 	closeErr  error
 	seq       atomic.Uint64
