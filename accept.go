@@ -2,10 +2,12 @@ package wshub
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -18,9 +20,12 @@ import (
 	"github.com/wshub/wshub/backplane"
 )
 
-// ServeHTTP authenticates the request, upgrades it to a WebSocket and serves
-// the session until it ends. Before any upgrade it answers 401 when
-// Options.Authenticate fails, 403 for a refused origin, 400 for resume
+// ServeHTTP authenticates the request, upgrades it to a WebSocket and starts
+// serving the session on a goroutine of the hub's, which Close waits for. It
+// returns once the handshake is done, so that the HTTP server's buffers for
+// the request are released while the session lasts: the session's Context,
+// not the request's, says when it ends. Before any upgrade it answers 401
+// when Options.Authenticate fails, 403 for a refused origin, 400 for resume
 // parameters it cannot use (see SinceParam, ClientParam), 429 Too Many
 // Requests when the user already has Limits.SessionsPerUser sessions on this
 // node, 503 when the node already has Limits.Sessions sessions (both with a
@@ -40,7 +45,12 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.conns.Add(1)
 	h.mu.Unlock()
-	defer h.conns.Done()
+	served := false
+	defer func() {
+		if !served {
+			h.conns.Done()
+		}
+	}()
 
 	s, status, err := h.prepare(w, r)
 	if s == nil {
@@ -63,7 +73,11 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.stats.accepted.Add(1)
-	s.serve(conn, cw.conn)
+	served = true
+	go func() {
+		defer h.conns.Done()
+		s.serve(conn, cw.conn)
+	}()
 }
 
 // prepare checks an upgrade request and makes its session, registered and
@@ -280,15 +294,35 @@ func (w *corkingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.conn = &corkConn{Conn: nc}
-	brw.Writer.Reset(w.conn)
+	w.conn = newCorkConn(nc)
+	// The library writes only its control frames: a small buffer holds
+	// each whole (see libWriteBuffer), and the server's 4 KiB one goes.
+	// It reads through a small buffer too, and large payloads straight
+	// into their own.
+	brw.Writer = bufio.NewWriterSize(w.conn, libWriteBuffer)
 	if w.guard == nil {
+		// What the server read past the request stays buffered, where
+		// the library looks for it.
+		pre := bytes.Clone(peekBuffered(brw.Reader))
+		brw.Reader = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pre), nc), max(libReadBuffer, len(pre)))
+		_, _ = brw.Reader.Peek(len(pre))
 		return w.conn, brw, nil
 	}
 	// Every byte the client sent, including what the server buffered
 	// past the request, goes through the guard.
 	w.guard.attach(brw.Reader, nc)
+	brw.Reader = bufio.NewReaderSize(w.guard, libReadBuffer)
 	return guardedConn{corkConn: w.conn, g: w.guard}, brw, nil
+}
+
+// libReadBuffer is the size of the bufio.Reader the websocket library reads
+// through, in place of the server's 4 KiB one.
+const libReadBuffer = 1 << 10
+
+// peekBuffered returns what br holds buffered.
+func peekBuffered(br *bufio.Reader) []byte {
+	b, _ := br.Peek(br.Buffered())
+	return b
 }
 
 // Unwrap returns the wrapped ResponseWriter, for http.ResponseController.

@@ -65,6 +65,15 @@ func (h *Hub) handle(m backplane.Message) *flush {
 		d.msg.typ = websocket.MessageBinary
 	}
 	switch e.Op {
+	case envelope.OpUser, envelope.OpTopic, envelope.OpSession:
+		// A fan-out that follows the last one closely is a burst: its
+		// messages go through the writers, which pack what queues into
+		// few writes, rather than one system call per recipient each.
+		d.now = mono()
+		d.through = d.now-h.fanoutEnd.Load() >= h.throughIdle
+		defer func() { h.fanoutEnd.Store(mono()) }()
+	}
+	switch e.Op {
 	case envelope.OpUser:
 		h.delivered(&e, h.reg.deliver(h.reg.users, e.Target, &d, ""))
 	case envelope.OpTopic:
@@ -113,15 +122,61 @@ func (h *Hub) handle(m backplane.Message) *flush {
 
 // delivery is one message from the backplane on its way to this node's
 // sessions: the message, where it came from and, built once on first need
-// and shared by every recipient, its positions framing.
+// and shared by every recipient, its frame and its positions framing (the
+// payload with its head, and that payload's frame).
 type delivery struct {
 	msg          outMsg
 	channel, off string
-	framed       []byte
+	// shared says the message has several recipients, for whom it is
+	// framed once; one recipient's is framed as it is written. now is
+	// when the fan-out began (mono); through says it may write to idle
+	// sockets itself (it is no burst).
+	shared  bool
+	through bool
+	now     int64
+
+	wire       []byte // the frame of msg
+	framed     []byte // the payload in the positions framing
+	framedWire []byte // framed's frame
 }
 
-// framedMsg returns the message in the positions framing.
-func (d *delivery) framedMsg() outMsg {
+// prepare builds the frames that recipients share, so that goroutines of
+// a parallel fan-out only read d.
+func (d *delivery) prepare() {
+	if !d.shared {
+		return
+	}
+	if d.wire == nil {
+		d.wire, _ = encodeFrame(d.msg.typ, "", false, d.msg.data)
+	}
+	if d.framedWire == nil {
+		var at int
+		d.framedWire, at = encodeFrame(d.msg.typ, head(d.off, d.channel), true, d.msg.data)
+		d.framed = d.framedWire[at:]
+	}
+}
+
+// plain returns the message as s gets it without the positions framing.
+func (d *delivery) plain(s *Session) outMsg {
+	if !d.shared || s.framing.packed {
+		return d.msg
+	}
+	if d.wire == nil {
+		d.wire, _ = encodeFrame(d.msg.typ, "", false, d.msg.data)
+	}
+	return outMsg{typ: frameMsg, data: d.wire}
+}
+
+// framedMsg returns the message in the positions framing, as s gets it.
+func (d *delivery) framedMsg(s *Session) outMsg {
+	if d.shared && !s.framing.packed {
+		if d.framedWire == nil {
+			var at int
+			d.framedWire, at = encodeFrame(d.msg.typ, head(d.off, d.channel), true, d.msg.data)
+			d.framed = d.framedWire[at:]
+		}
+		return outMsg{typ: frameMsg, data: d.framedWire}
+	}
 	if d.framed == nil {
 		d.framed = frame(head(d.off, d.channel), d.msg.data)
 	}
@@ -132,26 +187,26 @@ func (d *delivery) framedMsg() outMsg {
 // holds it back while s recovers d's channel.
 func (s *Session) deliver(d *delivery) bool {
 	if !s.framing.positions {
-		return s.enqueue(d.msg)
+		return s.enqueueAt(d.plain(s), d.through, d.now)
 	}
-	m, channel, off := d.framedMsg(), d.channel, d.off
+	m, channel, off := d.framedMsg(s), d.channel, d.off
 	if off != "" {
 		s.mu.Lock()
 		if rs := s.rs; rs != nil {
 			if pend, ok := rs.pending[channel]; ok {
 				o := &s.hub.opts
-				if len(pend) >= o.SendQueueLen || rs.held+len(m.data)+queuedOverhead > o.SendQueueBytes {
+				if len(pend) >= o.SendQueueLen || rs.held+m.size()+queuedOverhead > o.SendQueueBytes {
 					// Held back longer than the queue would hold: give
 					// the channel up rather than grow without bound.
 					rs.overflow[channel] = true
 					for _, p := range pend {
-						rs.held -= len(p.m.data) + queuedOverhead
+						rs.held -= p.m.size() + queuedOverhead
 					}
 					rs.pending[channel] = pend[:0]
 				}
 				if !rs.overflow[channel] {
 					rs.pending[channel] = append(rs.pending[channel], pendingMsg{m, off})
-					rs.held += len(m.data) + queuedOverhead
+					rs.held += m.size() + queuedOverhead
 				}
 				held := !rs.overflow[channel]
 				s.mu.Unlock()
@@ -164,5 +219,5 @@ func (s *Session) deliver(d *delivery) bool {
 		}
 		s.mu.Unlock()
 	}
-	return s.enqueue(m)
+	return s.enqueueAt(m, d.through, d.now)
 }

@@ -124,8 +124,15 @@
 // kept (its oldest messages dropped under SlowDropOldest) while one that stops
 // reading for WriteTimeout is closed; both kinds of slow close are counted in
 // Stats.SlowClosed and reported to OnDisconnect with an error wrapping
-// ErrSlowClient. A broadcast is encoded once and its bytes are shared by
-// every recipient.
+// ErrSlowClient. A broadcast is encoded once, as a WebSocket frame, and its
+// bytes are shared by every recipient: the hub writes its data frames to the
+// socket itself, below the websocket library, which still writes its own
+// control frames (pongs, pings, close) whole between them. When a session
+// has nothing queued and its socket is idle, a fan-out that is not part of a
+// burst writes the frame to the socket itself without waiting (spread over
+// the cores for a large topic) and hands only what the socket would not take
+// to the writer; the queue, its bounds and the order of messages are the
+// same either way.
 //
 // # Concurrency
 //

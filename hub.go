@@ -31,17 +31,23 @@ const (
 // It subscribes nothing on the backplane (its inbox is subscribed with its
 // first session) and needs no NodeID of its own: the default is random.
 type Hub struct {
-	opts     Options
-	log      *slog.Logger
-	replay   backplane.Log // the backplane, when it keeps logs for resume
-	bp       backplane.Backplane
-	ownBP    bool
-	inbox    string
-	interest *interest
-	reg      *registry // the sessions of this node, by ID, user and topic
-	pres     *tracker  // this node's presence; nil without
-	acks     acks      // acknowledgements this node waits for
-	gates    joinGates
+	opts Options
+	// throughIdle is how long a session's socket must have taken nothing,
+	// and the fan-out must have rested, before the fan-out writes to the
+	// socket itself (see Session.enqueueAt); fanoutEnd is when the last
+	// fan-out ended (mono).
+	throughIdle int64
+	fanoutEnd   atomic.Int64
+	log         *slog.Logger
+	replay      backplane.Log // the backplane, when it keeps logs for resume
+	bp          backplane.Backplane
+	ownBP       bool
+	inbox       string
+	interest    *interest
+	reg         *registry // the sessions of this node, by ID, user and topic
+	pres        *tracker  // this node's presence; nil without
+	acks        acks      // acknowledgements this node waits for
+	gates       joinGates
 	// inboxOnce subscribes the node's inbox with its first session: a hub
 	// that never serves (a worker that only sends) subscribes nothing.
 	inboxOnce   sync.Once
@@ -56,7 +62,7 @@ type Hub struct {
 	closed    bool
 	drain     drainState               // see Drain
 	flushes   map[string]chan struct{} // tokens of flush markers in flight
-	conns     sync.WaitGroup           // ServeHTTP calls that own a session
+	conns     sync.WaitGroup           // ServeHTTP calls, and the sessions they started
 	closeOnce sync.Once
 	closeErr  error
 	seq       atomic.Uint64
@@ -107,12 +113,13 @@ func New(opts *Options) (*Hub, error) {
 		return nil, err
 	}
 	h := &Hub{
-		opts:    o,
-		log:     o.Logger.With("node", o.NodeID),
-		bp:      o.Backplane,
-		inbox:   nodePrefix + o.NodeID,
-		flushes: make(map[string]chan struct{}),
-		signer:  envelope.NewSigner(o.SigningKeys),
+		opts:        o,
+		throughIdle: int64(throughIdle),
+		log:         o.Logger.With("node", o.NodeID),
+		bp:          o.Backplane,
+		inbox:       nodePrefix + o.NodeID,
+		flushes:     make(map[string]chan struct{}),
+		signer:      envelope.NewSigner(o.SigningKeys),
 	}
 	if h.bp == nil {
 		node, err := memory.NewBus().NewNode(o.NodeID)

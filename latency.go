@@ -62,10 +62,7 @@ func (l *latency) snapshot() Histogram {
 	return h
 }
 
-// clockStart is what monotonic counts from.
-var clockStart = time.Now()
-
 // monotonic returns the time on the monotonic clock, in nanoseconds since
-// the process started: a stamp that fits an int64 and that wall clock
-// changes do not move.
-func monotonic() int64 { return int64(time.Since(clockStart)) }
+// the process started (see mono): a stamp that fits an int64 and that wall
+// clock changes do not move.
+func monotonic() int64 { return mono() }

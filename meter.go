@@ -88,7 +88,7 @@ func (s *Session) takeMetered(prev []outMsg) []outMsg {
 func (s *Session) writeMetered(batch []outMsg) error {
 	n := 0
 	for i := range batch {
-		n += len(batch[i].data)
+		n += payloadLen(batch[i])
 	}
 	err := s.writeBatch(batch)
 	if err == nil {
@@ -98,6 +98,45 @@ func (s *Session) writeMetered(batch []outMsg) error {
 		m.enqueueToWrite.observe(time.Duration(monotonic() - s.meter.batchAt))
 	}
 	return err
+}
+
+// wroteThrough counts a message of size payload bytes that the fan-out
+// wrote to the socket itself (see corkConn.writeThrough): whole, it counts
+// as written, with no time in a queue; in part, the writer finishes it and
+// counts it (with no bytes: they are counted here).
+func (s *Session) wroteThrough(size int, whole bool) {
+	m := &s.hub.meters
+	m.bytesOut.Add(uint64(size))
+	if whole {
+		m.written.Add(1)
+		m.enqueueToWrite.observe(0)
+	}
+}
+
+// payloadLen returns the bytes of m's message, without WebSocket framing.
+func payloadLen(m outMsg) int {
+	switch m.typ {
+	case restMsg:
+		return 0 // counted when its frame was begun
+	case frameMsg:
+		return len(m.data) - frameHeadLen(m.data)
+	}
+	return len(m.data)
+}
+
+// frameHeadLen returns the length of the header of the unmasked frame
+// that b begins with.
+func frameHeadLen(b []byte) int {
+	if len(b) < 2 {
+		return len(b)
+	}
+	switch b[1] & 0x7f {
+	case 126:
+		return 4
+	case 127:
+		return 10
+	}
+	return 2
 }
 
 // queueDepth returns the number of messages in s's send queue and the bytes

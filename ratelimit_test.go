@@ -295,6 +295,9 @@ func TestFramesSentWithTheHandshakeAreLimitedAndKept(t *testing.T) {
 		flooder := dialRaw(t, h.addr(), "flooder", repeatFrame(5, true, wsOpPing, nil), waitFor)
 		code, _ := flooder.closeStatus()
 		assert.Equal(t, StatusPolicyViolation, code)
+		// Counted once the session has ended, which the client's close
+		// status may precede.
+		assert.ErrorIs(t, h.disconnected(t), ErrRateLimit)
 		assert.EqualValues(t, 1, h.hub.Stats().RateClosed)
 	})
 	t.Run("kept", func(t *testing.T) {

@@ -67,9 +67,13 @@ func TestPositionsFramingIsSharedByRecipients(t *testing.T) {
 	for _, s := range sessions {
 		s.mu.Lock()
 		require.Len(t, s.q.msgs, 1)
-		data := s.q.msgs[0].data
+		m := s.q.msgs[0]
 		s.mu.Unlock()
-		assert.Equal(t, "e:1 t:room\n"+strings.Repeat("p", 100), string(data))
+		require.Equal(t, frameMsg, m.typ, "framed once, header and all")
+		want := "e:1 t:room\n" + strings.Repeat("p", 100)
+		data := m.data
+		assert.Equal(t, string(appendFrameHeader(nil, 1, len(want)))+want, string(data))
+		assert.Equal(t, len(want), m.size())
 		if first == nil {
 			first = data
 		}

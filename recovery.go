@@ -109,7 +109,7 @@ func (s *Session) recover(log backplane.Log, ch, off string) (bool, string) {
 			if !ok {
 				continue
 			}
-			if !s.waitRoom(len(m.data)) {
+			if !s.waitRoom(m.size()) {
 				return false, last
 			}
 			if s.enqueue(m) {
@@ -189,14 +189,14 @@ func (s *Session) release(ch, status, last string) {
 		}
 		s.rs.pending[ch] = pend[:0:0]
 		for _, p := range pend {
-			s.rs.held -= len(p.m.data) + queuedOverhead
+			s.rs.held -= p.m.size() + queuedOverhead
 		}
 		s.mu.Unlock()
 		for _, p := range pend {
 			if last != "" && !backplane.OffsetAfter(p.off, last) {
 				continue
 			}
-			if !s.waitRoom(len(p.m.data)) {
+			if !s.waitRoom(p.m.size()) {
 				return
 			}
 			if s.enqueue(p.m) {

@@ -2,6 +2,7 @@ package wshub
 
 import (
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -252,12 +253,72 @@ func (r *registry) deliver(index map[string]map[*Session]struct{}, key string, d
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var n uint64
-	for s := range index[key] {
+	set := index[key]
+	d.shared = len(set) > 1
+	if d.through && len(set) >= 2*fanoutChunk && runtime.GOMAXPROCS(0) > 1 {
+		return deliverParallel(set, d, except)
+	}
+	for s := range set {
 		if s.id != except && s.deliver(d) {
 			n++
 		}
 	}
 	return n
+}
+
+// fanoutChunk is the fewest sessions a goroutine of a parallel fan-out
+// takes.
+const fanoutChunk = 256
+
+var fanoutLists = sync.Pool{New: func() any { return new([]*Session) }}
+
+// deliverParallel is deliver's fan-out spread over the cores, for a large
+// set that the fan-out writes to itself (d.through), where each recipient
+// costs a system call: the set is cut into one part per core, at least
+// fanoutChunk sessions each, delivered at once by goroutines that have
+// ended when it returns. Each session still gets the messages in order: a
+// fan-out ends before the next begins.
+func deliverParallel(set map[*Session]struct{}, dp *delivery, except string) uint64 {
+	dp.prepare()
+	d := new(delivery) // shared with the goroutines: a copy, so that dp stays on its caller's stack
+	*d = *dp
+	lp := fanoutLists.Get().(*[]*Session)
+	list := (*lp)[:0]
+	for s := range set {
+		if s.id != except {
+			list = append(list, s)
+		}
+	}
+	parts := min(runtime.GOMAXPROCS(0), len(list)/fanoutChunk)
+	var n atomic.Uint64
+	var wg sync.WaitGroup
+	per := (len(list) + parts - 1) / parts
+	for i := 0; i < len(list); i += per {
+		part := list[i:min(i+per, len(list))]
+		deliverAll := func() {
+			var k uint64
+			for _, s := range part {
+				if s.deliver(d) {
+					k++
+				}
+			}
+			n.Add(k)
+		}
+		if i+per >= len(list) {
+			deliverAll() // the last part on this goroutine
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			deliverAll()
+		}()
+	}
+	wg.Wait()
+	clear(list)
+	*lp = list[:0]
+	fanoutLists.Put(lp)
+	return n.Load()
 }
 
 // count returns how many sessions index[key] holds.

@@ -1,6 +1,8 @@
 package wshub
 
 import (
+	"fmt"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 
@@ -52,4 +54,47 @@ func TestRegistryReportsFirstAndLast(t *testing.T) {
 	assert.ErrorIs(t, err, ErrClosed)
 	_, _, err = r.join(a1, "room")
 	assert.ErrorIs(t, err, ErrSessionClosed, "a removed session cannot join")
+}
+
+// A fan-out that writes to the sockets itself spreads a large topic over the
+// cores: every session but the excepted one gets each message once, in
+// order, framed once for all.
+func TestRegistryParallelFanOut(t *testing.T) {
+	h, err := New(&Options{Logger: quiet})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close(bg) })
+	const n = 3*fanoutChunk + 7
+	var sessions []*Session
+	for i := 0; i < n; i++ {
+		s := h.newSession(httptest.NewRequest("GET", "/ws", nil), "")
+		s.framing.positions = i%2 == 0
+		_, err := h.reg.add(s)
+		require.NoError(t, err)
+		_, _, err = h.reg.join(s, "room")
+		require.NoError(t, err)
+		sessions = append(sessions, s)
+		t.Cleanup(func() { h.reg.remove(s); s.cancel(); s.stopHubLink() })
+	}
+	for i, body := range []string{"one", "two"} {
+		d := delivery{msg: outMsg{typ: 1, data: []byte(body)}, channel: "t:room", off: fmt.Sprintf("e:%d", i), through: true}
+		require.EqualValues(t, n-1, h.reg.deliver(h.reg.topics, "room", &d, sessions[5].id))
+	}
+	for i, s := range sessions {
+		s.mu.Lock()
+		msgs := append([]outMsg(nil), s.q.msgs...)
+		s.mu.Unlock()
+		if i == 5 {
+			assert.Empty(t, msgs, "the excepted session")
+			continue
+		}
+		require.Len(t, msgs, 2)
+		for j, body := range []string{"one", "two"} {
+			want := body
+			if s.framing.positions {
+				want = fmt.Sprintf("e:%d t:room\n%s", j, body)
+			}
+			assert.Equal(t, frameMsg, msgs[j].typ)
+			assert.Equal(t, string(appendFrameHeader(nil, 1, len(want)))+want, string(msgs[j].data))
+		}
+	}
 }

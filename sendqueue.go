@@ -6,7 +6,10 @@ import (
 	"github.com/coder/websocket"
 )
 
-// outMsg is one message on its way to a socket.
+// outMsg is one message on its way to a socket: a payload of typ (text or
+// binary), which the writer frames, or a frame already made (frameMsg), or
+// the note that the rest of a frame is to be finished (restMsg); see
+// wire.go.
 type outMsg struct {
 	typ  websocket.MessageType
 	data []byte
@@ -57,11 +60,11 @@ func (q *sendQueue) full(n int) bool {
 // under SlowClose it queues nothing and reports false, and the session must
 // close.
 func (q *sendQueue) push(m outMsg) bool {
-	if q.full(len(m.data)) {
+	if q.full(m.size()) {
 		return q.pushFull(m)
 	}
 	q.msgs = append(q.msgs, m)
-	q.bytes += len(m.data) + queuedOverhead
+	q.bytes += m.size() + queuedOverhead
 	return true
 }
 
@@ -71,8 +74,8 @@ func (q *sendQueue) pushFull(m outMsg) bool {
 		return false
 	}
 	var dropped uint64
-	for q.full(len(m.data)) {
-		q.bytes -= len(q.msgs[0].data) + queuedOverhead
+	for q.full(m.size()) {
+		q.bytes -= q.msgs[0].size() + queuedOverhead
 		q.msgs[0] = outMsg{}
 		q.msgs = q.msgs[1:]
 		dropped++
@@ -80,7 +83,7 @@ func (q *sendQueue) pushFull(m outMsg) bool {
 	q.dropped.Add(dropped)
 	q.signal() // what was dropped may leave room for a larger waiter
 	q.msgs = append(q.msgs, m)
-	q.bytes += len(m.data) + queuedOverhead
+	q.bytes += m.size() + queuedOverhead
 	return true
 }
 
@@ -101,7 +104,7 @@ func (q *sendQueue) take(prev []outMsg) []outMsg {
 	}
 	n, size := 0, 0
 	for ; n < len(q.msgs); n++ {
-		c := len(q.msgs[n].data) + queuedOverhead
+		c := q.msgs[n].size() + queuedOverhead
 		if n > 0 && size+c > maxBatchBytes {
 			break
 		}

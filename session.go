@@ -177,7 +177,7 @@ func (s *Session) Send(msg Message) error {
 	if s.framing.positions {
 		data = frame("", data) // no offset: an empty head
 	}
-	if !s.enqueue(outMsg{typ: websocket.MessageType(msg.Type), data: data}) {
+	if !s.enqueueAt(outMsg{typ: websocket.MessageType(msg.Type), data: data}, true, mono()) {
 		return ErrSessionClosed
 	}
 	s.hub.stats.delivered.Add(1)
@@ -230,11 +230,31 @@ func (s *Session) closeGracefully() {
 
 // enqueue adds m to the queue and starts the writer if it is idle. It
 // reports false when the session is closing or was closed as too slow.
-func (s *Session) enqueue(m outMsg) bool {
+func (s *Session) enqueue(m outMsg) bool { return s.enqueueAt(m, true, mono()) }
+
+// enqueueAt is enqueue at now (mono). When through is set, nothing is
+// queued, no writer runs and the socket has been idle for a while
+// (Hub.throughIdle), it first writes m to the socket itself, without
+// waiting (see corkConn.writeThrough): only what the socket would not take
+// at once, if anything, is queued for the writer.
+func (s *Session) enqueueAt(m outMsg, through bool, now int64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return false
+	}
+	if through && !s.writing && s.conn != nil && s.q.empty() && !s.framing.packed && s.cork.idleSince(now, s.hub.throughIdle) {
+		size := payloadLen(m)
+		ok, partial := s.cork.writeThrough(&m)
+		if ok {
+			s.wroteThrough(size, !partial)
+		}
+		if ok && !partial {
+			return true
+		}
+		if ok {
+			m = outMsg{typ: restMsg} // the writer finishes the frame
+		}
 	}
 	s.markQueued()
 	if !s.q.push(m) {
@@ -259,6 +279,9 @@ func (s *Session) serve(conn *websocket.Conn, cork *corkConn) {
 	if err := cork.setWriteBuffer(h.opts.SocketWriteBuffer); err != nil {
 		h.log.Debug("wshub: cannot size the socket's send buffer", "session", s.id, "err", err)
 	}
+	// Every write to the socket, the library's too, is bounded from the
+	// start (the fan-out's own never wait).
+	_ = cork.arm(h.opts.WriteTimeout)
 	s.mu.Lock()
 	s.conn, s.cork = conn, cork
 	if s.rs != nil {

@@ -1,7 +1,6 @@
 package wshub
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -80,68 +79,98 @@ func (s *Session) stalled(err error) bool {
 
 // writeBatch writes batch with the socket corked: one system call per
 // writeChunk at the end (and whenever corkLimit bytes are buffered), each
-// bounded by WriteTimeout; a batch of one message is written uncorked. The
-// messages are written with a context that never ends, which spares the
-// websocket library a timer per message; the socket's write deadline bounds
-// them instead.
+// bounded by WriteTimeout; a batch of one message is written uncorked. Every
+// message is a data frame the hub encodes itself (see wire.go), written
+// below the websocket library; the socket's write deadline bounds them.
 func (s *Session) writeBatch(batch []outMsg) error {
 	if s.framing.packed {
 		return s.writePacked(batch)
 	}
-	var err error
-	ctx := context.Background()
+	c := s.cork
 	if len(batch) == 1 {
-		// One message: the library's one flush is the one system call,
-		// so there is nothing to cork.
-		if err = s.cork.arm(s.hub.opts.WriteTimeout); err == nil {
-			err = s.conn.Write(ctx, batch[0].typ, batch[0].data)
+		// One message: one system call, nothing to cork.
+		err := c.arm(s.hub.opts.WriteTimeout)
+		if err == nil {
+			err = c.send(&batch[0])
 		}
 		batch[0] = outMsg{}
 		return err
 	}
-	err = s.cork.cork(s.hub.opts.WriteTimeout)
+	n := 0
+	for i := range batch {
+		n += maxFrameHeader + batch[i].size()
+	}
+	err := c.cork(s.hub.opts.WriteTimeout, n)
 	for i := range batch {
 		if err == nil {
-			err = s.conn.Write(ctx, batch[i].typ, batch[i].data)
+			err = c.send(&batch[i])
 		}
 		batch[i] = outMsg{}
 	}
-	if uerr := s.cork.uncork(); err == nil {
+	if uerr := c.uncork(); err == nil {
 		err = uerr
 	}
 	return err
 }
 
 var batchBufs = sync.Pool{New: func() any {
-	b := make([]byte, 0, batchLimit)
+	b := make([]byte, 0, maxFrameHeader+batchLimit)
 	return &b
 }}
 
-// writePacked writes batch in the batched framing, bounded by WriteTimeout.
+// writePacked writes batch in the batched framing, bounded by WriteTimeout:
+// its records go into binary frames of up to batchLimit bytes, each built
+// behind room for its header.
 func (s *Session) writePacked(batch []outMsg) error {
-	ctx := context.Background()
 	err := s.cork.arm(s.hub.opts.WriteTimeout)
 	bp := batchBufs.Get().(*[]byte)
-	buf := (*bp)[:0]
+	buf := (*bp)[:maxFrameHeader]
 	for i := range batch {
 		m := &batch[i]
-		if len(buf) > 0 && len(buf)+recordHead+len(m.data) > batchLimit {
+		if m.typ == frameMsg || m.typ == restMsg {
+			// Already a frame of its own (or the rest of one): it goes
+			// as it is, after what was packed before it.
 			if err == nil {
-				err = s.conn.Write(ctx, websocket.MessageBinary, buf)
+				err = s.sendPacked(buf)
 			}
-			buf = buf[:0]
+			buf = buf[:maxFrameHeader]
+			if err == nil {
+				err = s.cork.send(m)
+			}
+			*m = outMsg{}
+			continue
+		}
+		if len(buf) > maxFrameHeader && len(buf)-maxFrameHeader+recordHead+len(m.data) > batchLimit {
+			if err == nil {
+				err = s.sendPacked(buf)
+			}
+			buf = buf[:maxFrameHeader]
 		}
 		buf = binary.BigEndian.AppendUint32(buf, uint32(len(m.data)))
 		buf = append(buf, byte(m.typ))
 		buf = append(buf, m.data...)
 		*m = outMsg{}
 	}
-	if err == nil && len(buf) > 0 {
-		err = s.conn.Write(ctx, websocket.MessageBinary, buf)
+	if err == nil {
+		err = s.sendPacked(buf)
 	}
 	if cap(buf) <= 2*batchLimit {
 		*bp = buf[:0]
 		batchBufs.Put(bp)
 	}
 	return err
+}
+
+// sendPacked writes the records in buf after its first maxFrameHeader
+// bytes, if any, as one binary frame whose header it puts in front of
+// them.
+func (s *Session) sendPacked(buf []byte) error {
+	n := len(buf) - maxFrameHeader
+	if n <= 0 {
+		return nil
+	}
+	at := maxFrameHeader - frameHeaderLen(n)
+	appendFrameHeader(buf[at:at], websocket.MessageBinary, n)
+	m := outMsg{typ: frameMsg, data: buf[at:]}
+	return s.cork.send(&m)
 }

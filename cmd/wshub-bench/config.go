@@ -34,6 +34,7 @@ type config struct {
 	members   int           // presence: members of the topic below the sockets
 	reads     int           // presence: reads of each kind measured
 	idle      time.Duration // presence: the idle measurement through the hubs
+	heapProf  string
 }
 
 func parseFlags(args []string, out io.Writer) (config, error) {
@@ -63,6 +64,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.members, "members", 10000, "presence: members of the topic, below the sockets")
 	fs.IntVar(&c.reads, "reads", 1000, "presence: reads of each kind measured")
 	fs.DurationVar(&c.idle, "idle", 10*time.Second, "presence: how long the idle traffic of the hubs is measured")
+	fs.StringVar(&c.heapProf, "heapprofile", "", "write a heap profile of the server process, clients connected, to `file`")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

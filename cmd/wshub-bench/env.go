@@ -147,6 +147,11 @@ func (e *env) connect(ctx context.Context, n int) error {
 	}
 	time.Sleep(100 * time.Millisecond) // let the handshakes' leftovers settle
 	mem1, gor1 := serverMemory()
+	if e.cfg.heapProf != "" {
+		if err := writeHeapProfile(e.cfg.heapProf); err != nil {
+			return err
+		}
+	}
 	e.res.ServerBytesPerConn = (int64(mem1) - int64(mem0)) / int64(n)
 	e.res.GoroutinesPerConn = round(float64(gor1-gor0)/float64(n), 3)
 	e.logf("%d clients connected in %v; server memory %d -> %d bytes, goroutines %d -> %d",

@@ -35,6 +35,8 @@
 //	-members M       presence: members of the topic below the sockets (default 10000)
 //	-reads R         presence: reads of each kind measured (default 1000)
 //	-idle D          presence: how long the hubs' idle traffic is measured (default 10s)
+//	-heapprofile F   heap profile of the server process once the clients are
+//	                 connected (after the collection that measures them)
 //
 // The client process is this binary run as "wshub-bench -role clients": it
 // reads JSON requests on stdin and answers each with one JSON line on stdout
@@ -99,7 +101,18 @@
 // before they connected, over the clients) and goroutines_per_conn (the
 // same with runtime.NumGoroutine). Both are measured in every scenario, with
 // the clients connected and before any traffic. Only presence adds a field,
-// presence.
+// presence. rate is -rate. The traffic
+// phase's CPU time, from its first send to the end of the drain, is in
+// server_cpu_s (this process: hubs and backplane clients), client_cpu_s (the
+// client process) and redis_cpu_s (with a redis:// backplane, the Redis
+// server's used_cpu_sys and used_cpu_user from INFO cpu; 0 otherwise), and
+// deliveries_per_server_cpu_s is delivered over server_cpu_s: the cost of a
+// delivery, which on a machine whose cores the client process shares matters
+// more than deliveries_per_s.
+//
+// Every scenario that sends has a fixed-rate mode, -rate R: message i is due
+// at i/R seconds after the first and its latency counts from when it was due,
+// so that a sender that falls behind cannot hide its backlog.
 //
 // With -batch, a delivery is a record, not a WebSocket message: the client
 // reads each message whole into a buffer it reuses (growing it when a

@@ -68,10 +68,11 @@ func runLine(t *testing.T, args ...string) result {
 	var fields map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &fields))
 	for _, f := range []string{"scenario", "backplane", "nodes", "conns", "msgs", "size", "batch", "delivered", "lost",
-		"deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "server_bytes_per_conn", "goroutines_per_conn"} {
+		"deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "server_bytes_per_conn", "goroutines_per_conn",
+		"rate", "server_cpu_s", "client_cpu_s", "redis_cpu_s", "deliveries_per_server_cpu_s"} {
 		require.Contains(t, fields, f)
 	}
-	require.Len(t, fields, 15)
+	require.Len(t, fields, 20)
 	var res result
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
@@ -125,6 +126,9 @@ func TestScenarios(t *testing.T) {
 				require.Positive(t, res.MaxMs)
 				require.LessOrEqual(t, res.P50Ms, res.P99Ms)
 				require.LessOrEqual(t, res.P99Ms, res.MaxMs*1.02) // histogram buckets are 1.6% wide
+				require.Positive(t, res.ServerCPUS, "the traffic phase costs the server CPU")
+				require.Positive(t, res.ClientCPUS)
+				require.Positive(t, res.DeliveriesPerCPUS)
 			} else {
 				require.Zero(t, res.Msgs)
 				require.Zero(t, res.DeliveriesPerS)
@@ -286,7 +290,7 @@ func TestPresenceScenario(t *testing.T) {
 	require.Equal(t, 1, strings.Count(out, "\n"), "exactly one line on stdout")
 	var fields map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &fields))
-	require.Len(t, fields, 16, "the standard fields and presence")
+	require.Len(t, fields, 21, "the standard fields and presence")
 	var res result
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
@@ -348,4 +352,10 @@ func TestPresenceScenario(t *testing.T) {
 		require.InDelta(t, 1, c.Requests, 0.01)
 		require.Positive(t, c.P50Us)
 	}
+}
+
+func TestParseRedisCPU(t *testing.T) {
+	info := "# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:0.25\r\nused_cpu_user_children:0.000000\r\nused_cpu_sys_main_thread:1.4\r\nused_cpu_user_main_thread:2.2\r\n"
+	require.Equal(t, 4*time.Second, parseRedisCPU(info))
+	require.Zero(t, parseRedisCPU(""))
 }

@@ -16,6 +16,7 @@ type result struct {
 	Conns              int     `json:"conns"`
 	Msgs               int     `json:"msgs"`
 	Size               int     `json:"size"`
+	Rate               float64 `json:"rate"`
 	Batch              bool    `json:"batch"`
 	Delivered          int64   `json:"delivered"`
 	Lost               int64   `json:"lost"`
@@ -28,6 +29,14 @@ type result struct {
 	// Presence holds the presence scenario's figures; other scenarios
 	// leave it out.
 	Presence *presenceFigures `json:"presence,omitempty"`
+	// The traffic phase's CPU: the server process's, the client
+	// process's and, with a Redis backplane, the Redis server's (INFO
+	// cpu, main and child threads), in seconds; and deliveries per
+	// second of server CPU.
+	ServerCPUS        float64 `json:"server_cpu_s"`
+	ClientCPUS        float64 `json:"client_cpu_s"`
+	RedisCPUS         float64 `json:"redis_cpu_s"`
+	DeliveriesPerCPUS float64 `json:"deliveries_per_server_cpu_s"`
 }
 
 // newResult returns the line's description of the run as cfg asks for it.
@@ -42,6 +51,7 @@ func newResult(cfg config) result {
 		Msgs:      cfg.msgs,
 		Size:      cfg.size,
 		Batch:     cfg.batch,
+		Rate:      cfg.rate,
 	}
 }
 

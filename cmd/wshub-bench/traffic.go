@@ -23,6 +23,8 @@ type delivery struct {
 	expect int64
 	pub    pubStats
 	drain  reply
+	// the traffic phase's CPU time
+	serverCPU, clientCPU, redisCPU time.Duration
 }
 
 // traffic runs the traffic phase and returns the run's result.
@@ -38,6 +40,9 @@ func (e *env) traffic(ctx context.Context, t traffic) (result, error) {
 // they expect or nothing arrived for -drain, and logs what that cost both
 // processes.
 func (e *env) drive(ctx context.Context, t traffic) (delivery, error) {
+	rc := newRedisCPU(e.cfg.backplane)
+	defer rc.close()
+	redis0 := rc.read(ctx)
 	cpu0, clientCPU0 := cpuTime(), e.clientCPU
 	pub := e.publish(ctx, t)
 	e.logf("published %d of %d messages in %v (%.0f/s), %d failed%s",
@@ -57,10 +62,15 @@ func (e *env) drive(ctx context.Context, t traffic) (delivery, error) {
 	}
 	wall := time.Since(pub.start)
 	srvCPU, cliCPU := cpuTime()-cpu0, time.Duration(dr.CPUNS-clientCPU0)
+	var redisCPU time.Duration
+	if rc != nil {
+		redisCPU = rc.read(ctx) - redis0
+		e.logf("redis cpu %v", redisCPU.Round(time.Millisecond))
+	}
 	e.logf("traffic phase %v: server process cpu %v (%.0f%% of one core), client process cpu %v (%.0f%%)",
 		wall.Round(time.Millisecond), srvCPU.Round(time.Millisecond), 100*srvCPU.Seconds()/wall.Seconds(),
 		cliCPU.Round(time.Millisecond), 100*cliCPU.Seconds()/wall.Seconds())
-	return delivery{expect: t.expect, pub: pub, drain: dr}, nil
+	return delivery{expect: t.expect, pub: pub, drain: dr, serverCPU: srvCPU, clientCPU: cliCPU, redisCPU: redisCPU}, nil
 }
 
 // finish describes the server and returns the result with d's deliveries
@@ -76,6 +86,10 @@ func (e *env) finish(ctx context.Context, d delivery) (result, error) {
 		res.DeliveriesPerS = math.Round(float64(dr.Delivered) / span.Seconds())
 	}
 	res.P50Ms, res.P99Ms, res.MaxMs = ms(dr.P50NS), ms(dr.P99NS), ms(dr.MaxNS)
+	res.ServerCPUS, res.ClientCPUS, res.RedisCPUS = round(d.serverCPU.Seconds(), 3), round(d.clientCPU.Seconds(), 3), round(d.redisCPU.Seconds(), 3)
+	if d.serverCPU > 0 {
+		res.DeliveriesPerCPUS = math.Round(float64(dr.Delivered) / d.serverCPU.Seconds())
+	}
 	if err := ctx.Err(); err != nil {
 		return res, fmt.Errorf("-timeout %v reached (the last %v are kept for shutting down): %w", e.cfg.timeout, e.reserve, err)
 	}
