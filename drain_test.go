@@ -72,6 +72,9 @@ func TestDrainClosesInBatchesAfterReadinessFails(t *testing.T) {
 	for i := range all {
 		all[i] = log.get(t, fmt.Sprint("user", i), 0)
 	}
+	// The hub counts an upgrade once its side of the handshake returns,
+	// which the client may see complete a moment before.
+	require.Eventually(t, func() bool { return nd.hub.Stats().Accepted == sessions }, waitFor, time.Millisecond)
 	accepted := nd.hub.Stats().Accepted
 
 	type seen struct {
