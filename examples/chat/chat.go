@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -19,6 +20,7 @@ import (
 
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/backplane"
+	"github.com/wshub/wshub/examples/internal/webclient"
 	"github.com/wshub/wshub/metrics"
 )
 
@@ -37,6 +39,12 @@ const (
 	// membersPage is how many members of a room a client is sent when it
 	// joins; the rest are counted ("+N more").
 	membersPage = 100
+	// presenceSettle is how long after its backplane is restored a node
+	// does not take "connected nowhere" for an answer: a Redis that
+	// restarted lost the presence record, and each node writes its
+	// sessions again within one refresh (a third of the presence time to
+	// live, 10s by default).
+	presenceSettle = 10 * time.Second
 )
 
 // lobby is the room every session joins when it connects.
@@ -67,24 +75,35 @@ type outbound struct {
 	To      string   `json:"to,omitempty"`
 	Text    string   `json:"text,omitempty"`
 	At      string   `json:"at,omitempty"`
-	State   string   `json:"state,omitempty"`   // presence: "joined" or "left"
+	State   string   `json:"state,omitempty"`   // presence: "joined" or "left"; backplane: "down" or "restored"
+	Gap     bool     `json:"gap,omitempty"`     // backplane: messages may have been missed
 	Members []string `json:"members,omitempty"` // members: the first page
 	Count   int      `json:"count,omitempty"`   // members: users in the room
 }
 
-// chat is the application: an http.Handler serving the page at / and the hub
-// at /ws. It starts no goroutine of its own; the hub does the work.
+// chat is the application: an http.Handler serving the page at /, its
+// client at /wshub.js and the hub at /ws. It starts no goroutine of its own;
+// the hub does the work.
 type chat struct {
 	hub *wshub.Hub
 	log *slog.Logger
 	mux *http.ServeMux
+
+	// The node's link to the backplane, as the hub reports it, and the
+	// sessions to tell when it changes: the sessions of this node, since
+	// the change is this node's. mu is held while they are told, so that
+	// each session hears the changes in order, after its welcome.
+	mu       sync.Mutex
+	down     bool
+	restored time.Time // when the link last came back
+	sessions map[*wshub.Session]struct{}
 }
 
 // newChat returns a chat on a new hub. bp may be nil for the hub's private
 // in-memory backplane, nodeID empty for a random one. The caller closes the
 // chat with Close, and then bp.
 func newChat(bp backplane.Backplane, nodeID string, log *slog.Logger) (*chat, error) {
-	c := &chat{log: log, mux: http.NewServeMux()}
+	c := &chat{log: log, mux: http.NewServeMux(), sessions: make(map[*wshub.Session]struct{})}
 	hub, err := wshub.New(&wshub.Options{
 		Backplane:    bp,
 		NodeID:       nodeID,
@@ -92,6 +111,10 @@ func newChat(bp backplane.Backplane, nodeID string, log *slog.Logger) (*chat, er
 		OnConnect:    c.onConnect,
 		OnMessage:    c.onMessage,
 		OnDisconnect: c.onDisconnect,
+		// The page says "offline" from what the server knows, not only
+		// from the state of its socket: a node cut off from Redis keeps
+		// its sockets open but cannot deliver across the cluster.
+		OnBackplaneEvent: c.onBackplaneEvent,
 		// The hub broadcasts this to a room when a user first joins it or
 		// last leaves it, once cluster-wide: the member lists stay live.
 		PresenceMessage: presenceMessage,
@@ -116,6 +139,7 @@ func newChat(bp backplane.Backplane, nodeID string, log *slog.Logger) (*chat, er
 	// after this assignment.
 	c.hub = hub
 	c.mux.HandleFunc("GET /{$}", serveIndex)
+	c.mux.Handle("GET /wshub.js", webclient.Handler())
 	c.mux.Handle("/ws", hub)
 	c.mountOps()
 	return c, nil
@@ -209,7 +233,13 @@ func checkText(text string) error {
 // OnConnect has run; see "Resume" in the wshub package documentation).
 func (c *chat) onConnect(ctx context.Context, s *wshub.Session) error {
 	c.log.Info("user connected", "user", s.UserID(), "session", s.ID())
+	c.mu.Lock()
+	c.sessions[s] = struct{}{}
 	c.reply(s, outbound{Type: "welcome", User: s.UserID(), Node: c.hub.NodeID()})
+	if c.down {
+		c.reply(s, outbound{Type: "backplane", State: "down"})
+	}
+	c.mu.Unlock()
 	rooms := s.Request().URL.Query()["room"]
 	if len(rooms) == 0 {
 		rooms = []string{lobby}
@@ -232,7 +262,35 @@ func (c *chat) onConnect(ctx context.Context, s *wshub.Session) error {
 }
 
 func (c *chat) onDisconnect(s *wshub.Session, err error) {
+	c.mu.Lock()
+	delete(c.sessions, s)
+	c.mu.Unlock()
 	c.log.Info("user disconnected", "user", s.UserID(), "session", s.ID(), "status", int(wshub.CloseStatus(err)))
+}
+
+// onBackplaneEvent tells this node's sessions that its link to the
+// backplane went down or came back, and whether messages may have been
+// missed meanwhile. It runs on the backplane's goroutine and must not block:
+// Send only queues.
+func (c *chat) onBackplaneEvent(e backplane.Event) {
+	var msg outbound
+	switch e.Kind {
+	case backplane.EventDown:
+		msg = outbound{Type: "backplane", State: "down"}
+	case backplane.EventRestored:
+		msg = outbound{Type: "backplane", State: "restored", Gap: e.Gap}
+	default:
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down = e.Kind == backplane.EventDown
+	if !c.down {
+		c.restored = time.Now()
+	}
+	for s := range c.sessions {
+		c.reply(s, msg)
+	}
 }
 
 // onMessage handles one client message. Whatever is wrong with it is answered
@@ -378,7 +436,8 @@ func (c *chat) say(ctx context.Context, s *wshub.Session, room, text string) err
 
 // dm sends to every session of the recipient and of the sender, so that the
 // sender's other tabs show the conversation too. A recipient who is connected
-// nowhere is not sent anything: this tab of the sender is told so instead.
+// nowhere is not sent anything: this tab of the sender is told so instead,
+// except for a while after the backplane came back (see presenceSettled).
 //
 // Online reads the cluster's presence record, so this is no delivery
 // receipt: a tab that connected a moment ago may not be in the record yet,
@@ -400,7 +459,7 @@ func (c *chat) dm(ctx context.Context, s *wshub.Session, to, text string) error 
 		case err != nil:
 			c.log.Warn("presence not read", "user", to, "err", err)
 			return errDelivery
-		case n == 0:
+		case n == 0 && c.presenceSettled():
 			c.reply(s, outbound{Type: "undelivered", To: to, Text: to + " is offline; the message was not delivered"})
 			return nil
 		}
@@ -415,6 +474,16 @@ func (c *chat) dm(ctx context.Context, s *wshub.Session, to, text string) error 
 		return errDelivery
 	}
 	return nil
+}
+
+// presenceSettled reports whether the presence record can be taken at its
+// word that a user is connected nowhere: not while this node's link to the
+// backplane is down, nor for presenceSettle after it came back, when the
+// record may be missing users that are online. The message is sent then.
+func (c *chat) presenceSettled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.down && time.Since(c.restored) > presenceSettle
 }
 
 // reply sends v to this session alone.

@@ -76,6 +76,7 @@ type event struct {
 	State   string   `json:"state"`
 	Members []string `json:"members"`
 	Count   int      `json:"count"`
+	Gap     bool     `json:"gap"`
 }
 
 // client is a WebSocket client whose messages are read in the background.

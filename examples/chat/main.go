@@ -33,7 +33,9 @@
 // terminationGracePeriodSeconds above the drain plus those 10s: the default
 // 30 fits the default 15s drain. A second signal kills the process at once.
 //
-// The page at / speaks JSON over the WebSocket at /ws?name=NAME, adding
+// The page at / uses the small client the examples share (/wshub.js, see
+// package examples/internal/webclient; a plain WebSocket would do) and speaks
+// JSON over the WebSocket at /ws?name=NAME, adding
 // room=ROOM for each room to be in when it connects (the lobby when none is
 // named), and resumes where it left off when it reconnects, with wshub's
 // resume parameters (see "Resume" in the wshub package documentation): a
@@ -48,6 +50,7 @@
 // and receives
 //
 //	{"type":"welcome","user":"alice","node":"n1"}
+//	{"type":"backplane","state":"down"} and {"type":"backplane","state":"restored","gap":true}
 //	{"type":"joined","room":"r"} and {"type":"left","room":"r"}
 //	{"type":"members","room":"r","members":["alice","bob"],"count":2}
 //	{"type":"presence","room":"r","user":"bob","state":"joined"} (or "left")
@@ -64,7 +67,16 @@
 // so the client never polls. A presence message can overtake "members", or
 // repeat what it holds: the client keeps those that come early and applies
 // each one on top of the list, in the order they arrive. A direct message to
-// a user connected nowhere is not sent: the sender gets "undelivered".
+// a user connected nowhere is not sent: the sender gets "undelivered"
+// (unless the node's backplane came back within the last 10s: the presence
+// record may then be missing users who are online, and the message is sent).
+//
+// A node tells its sessions when its link to the backplane goes down (the
+// page shows "offline: messages may be delayed": what the node's users send
+// does not reach the other nodes, and what the others send does not reach
+// them) and when it is restored, with "gap" set when messages may have been
+// missed meanwhile (the page says so). A session that connects while the
+// link is down gets "down" after its welcome.
 package main
 
 import (
