@@ -150,7 +150,17 @@ func (c *corkConn) libFrameLocked(f []byte) error {
 		return err
 	}
 	if f[0]&0x0f == opClose {
+		// No data frame may follow the close frame. What is corked and
+		// not yet sent would have to go before it: drop it (the writer
+		// drains the queue before a close the hub begins, so only a
+		// close the peer began, or one for a slow client, meets a
+		// batch), and send the close at once rather than behind the
+		// batch, so that Close, which the library calls right after,
+		// cannot cut it off.
 		c.closed = true
+		c.buf = c.buf[:0]
+		_, err := c.sendLocked(f)
+		return err
 	}
 	return c.putLocked(nil, f)
 }
