@@ -12,10 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wshub/wshub/backplane/memory"
 	wsredis "github.com/wshub/wshub/backplane/redis"
 	"github.com/wshub/wshub/internal/redistest"
 )
@@ -150,4 +152,31 @@ func TestPresenceRepairsAfterARedisRestartWithoutPersistence(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, next)
 	assert.Equal(t, []Member{{UserID: "alice", Sessions: 1}, {UserID: "bob", Sessions: 2}}, m)
+}
+
+// TestUpgradeWhilePresenceIsUnreachable: while the presence record cannot
+// be reached (the node is partitioned), an upgrade whose user channel is
+// already subscribed completes: its presence write was attempted, and is
+// retried later, rather than holding the handshake until SubscribeTimeout.
+func TestUpgradeWhilePresenceIsUnreachable(t *testing.T) {
+	bus := memory.NewBus()
+	c := newClusterOnBus(t, bus, 1, func(_ int, o *Options) { o.SubscribeTimeout = time.Hour })
+	n := c.nodes[0]
+	dial(t, n, "alice")
+	require.Eventually(t, func() bool { k, _ := n.hub.Online(bg, "alice"); return k == 1 }, waitFor, 5*time.Millisecond)
+
+	require.NoError(t, bus.Partition("node0"))
+	// The first upgrade's write fails, which makes the next write refresh
+	// the lease first; the second upgrade's refresh fails too.
+	for i := range 2 {
+		ctx, cancel := context.WithTimeout(bg, waitFor)
+		conn, _, err := websocket.Dial(ctx, wsURL(n.srv)+"/ws?user=alice", nil)
+		cancel()
+		require.NoError(t, err, "upgrade %d waited for an unreachable presence record", i)
+		defer conn.CloseNow()
+	}
+
+	require.NoError(t, bus.Heal("node0"))
+	require.Eventually(t, func() bool { k, _ := n.hub.Online(bg, "alice"); return k == 3 }, waitFor, 5*time.Millisecond,
+		"the write is retried once the record is reachable")
 }

@@ -32,9 +32,13 @@ type tracker struct {
 	held     map[presenceKey]int // keys a reserve is pending for: not written by the goroutine
 	seq      uint64              // changes counted so far
 	inflight uint64              // the oldest change of the write in flight; 0 when none
-	barriers []barrier           // waiting for changes to be tried, oldest first
-	instance string              // "<node>.<suffix>"; empty until the first write
-	lease    time.Time           // when to refresh the instance at the latest
+	// unreachable is the last change counted when a refresh of the
+	// instance failed: the changes up to it were tried (they cannot be
+	// written now, and are retried), so nobody waits for them.
+	unreachable uint64
+	barriers    []barrier // waiting for changes to be tried, oldest first
+	instance    string    // "<node>.<suffix>"; empty until the first write
+	lease       time.Time // when to refresh the instance at the latest
 
 	// wmu serializes the backplane writes of the instance: the
 	// goroutine's batches and reserve.
@@ -177,7 +181,17 @@ func (t *tracker) triedUpToLocked() uint64 {
 	if t.inflight != 0 {
 		upTo = min(upTo, t.inflight-1)
 	}
-	return upTo
+	return max(upTo, t.unreachable)
+}
+
+// refreshFailed records that the record could not be reached, releasing
+// whoever waits for the changes counted so far (they stay dirty, to be
+// written once it can be).
+func (t *tracker) refreshFailed() {
+	t.mu.Lock()
+	t.unreachable = t.seq
+	t.releaseLocked()
+	t.mu.Unlock()
 }
 
 // releaseLocked closes the barriers that every tried change passed.
@@ -225,6 +239,7 @@ func (t *tracker) reserve(ctx context.Context, user string, limit int) error {
 	defer t.wmu.Unlock()
 	inst, err := t.ensureInstance(ctx)
 	if err != nil {
+		t.refreshFailed()
 		return err
 	}
 	t.mu.Lock()
@@ -342,6 +357,7 @@ func (t *tracker) step() (time.Duration, error) {
 	t.mu.Unlock()
 	if due {
 		if _, err := t.refresh(t.ctx); err != nil {
+			t.refreshFailed()
 			return 0, err
 		}
 	}
