@@ -7,7 +7,7 @@
 //	byte 1      op
 //	byte 2      flags (bit 0: binary payload; bit 1: client follows code;
 //	            bit 2: signed, a tag follows the payload; bit 3: publish
-//	            time follows code and client)
+//	            time follows code and client; bit 7: extensions follow)
 //	uvarint n + n bytes   target (user ID, topic or session ID)
 //	uvarint n + n bytes   arg (excluded session ID, topic, or close reason)
 //	uvarint     code (close status code for OpDisconnect, else 0)
@@ -16,6 +16,9 @@
 //	uvarint     published, only with bit 3: when the message was published,
 //	            in Unix microseconds (never 0), for the receiver's latency
 //	            measure; hubs write it on every OpUser, OpTopic and OpSession
+//	uvarint n + n bytes   extensions, only with bit 7: optional fields of
+//	            later versions, which a decoder that does not know them
+//	            skips whole (none is defined yet)
 //	rest        payload, byte for byte
 //	32 bytes    tag, only with bit 2: HMAC-SHA256 of the channel and of
 //	            every byte before the tag (see Signer)
@@ -28,9 +31,12 @@
 // verifies the tag, strips it. A decoder that predates signing rejects the
 // unknown flag the same way, so no hub ever delivers a tag as payload.
 //
-// An unknown flag is malformed, so a new optional field (a flag bit and
-// what it announces) is read only by decoders that know it: a hub that
-// predates the publish time drops every message that carries one.
+// An unknown flag is malformed: flags are for what a receiver must
+// understand. An optional field that later versions add goes in the
+// extensions block (bit 7), which every decoder since this version skips
+// when it does not know what is inside, so that a cluster can be upgraded
+// node by node across such an addition. (A hub that predates the publish
+// time and the extensions block drops every message that carries either.)
 package envelope
 
 import (
@@ -75,6 +81,9 @@ const (
 	// flagPublished marks an envelope with a Published field. Encode sets
 	// it when Published is not 0.
 	flagPublished byte = 8
+	// flagExtensions marks an envelope with an extensions block, skipped
+	// by this version (see the package documentation).
+	flagExtensions byte = 0x80
 )
 
 // ErrMalformed is returned by Decode for bytes that are not a valid envelope.
@@ -161,7 +170,7 @@ func decode(b []byte, extra byte) (Envelope, error) {
 	if e.Op == 0 || e.Op >= opMax {
 		return e, fmt.Errorf("%w: op %d", ErrMalformed, b[1])
 	}
-	if e.Flags&^(FlagBinary|flagClient|flagPublished|extra) != 0 {
+	if e.Flags&^(FlagBinary|flagClient|flagPublished|flagExtensions|extra) != 0 {
 		if e.Flags&flagSigned != 0 && extra&flagSigned == 0 {
 			return e, fmt.Errorf("%w: signed, and no key to verify it", ErrMalformed)
 		}
@@ -196,6 +205,15 @@ func decode(b []byte, extra byte) (Envelope, error) {
 		e.Published = t
 		rest = rest[n:]
 		e.Flags &^= flagPublished
+	}
+	if e.Flags&flagExtensions != 0 {
+		// Fields of a later version: skipped whole.
+		l, n := binary.Uvarint(rest)
+		if n <= 0 || l > uint64(len(rest)-n) {
+			return e, fmt.Errorf("%w: extensions", ErrMalformed)
+		}
+		rest = rest[n+int(l):]
+		e.Flags &^= flagExtensions
 	}
 	e.Payload = rest
 	return e, nil

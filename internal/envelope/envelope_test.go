@@ -68,6 +68,8 @@ func TestDecodeMalformed(t *testing.T) {
 		{"no code", []byte{1, 1, 0, 1, 'a', 0}},
 		{"bad varint", []byte{1, 1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}},
 		{"truncated valid", valid[:5]},
+		{"extensions overrun", []byte{1, 1, 0x80, 0, 0, 0, 5, 'a'}},
+		{"extensions without their length", []byte{1, 1, 0x80, 0, 0, 0}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -92,7 +94,33 @@ func TestPublishedIsOptional(t *testing.T) {
 	assert.Zero(t, got.Published, "a receiver of an envelope without the time finds none")
 }
 
+// A field of a later version, in the extensions block, is skipped whole:
+// the rest of the envelope, the payload included, reads as if it were not
+// there, so nodes of two versions can share a cluster during an upgrade.
+func TestExtensionsAreSkipped(t *testing.T) {
+	ext := []byte{4, 1, 2, 'x', 'y'} // an unknown record: key 1, 2 bytes
+	for _, tt := range []struct {
+		name string
+		b    []byte
+		want Envelope
+	}{
+		{"alone", append(append([]byte{1, 1, 0x80, 1, 'u', 0, 0}, ext...), 'p'),
+			Envelope{Op: OpUser, Target: "u", Payload: []byte("p")}},
+		{"after client and publish time", append(append([]byte{1, 2, 0x8a, 1, 't', 0, 0, 1, 'c', 0xac, 0x02}, ext...), 'p', 'q'),
+			Envelope{Op: OpTopic, Target: "t", Client: "c", Published: 300, Payload: []byte("pq")}},
+		{"empty, no payload", []byte{1, 1, 0x81, 1, 'u', 0, 0, 0},
+			Envelope{Op: OpUser, Flags: FlagBinary, Target: "u", Payload: []byte{}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Decode(tt.b)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
 func FuzzDecode(f *testing.F) {
+	f.Add([]byte{1, 1, 0x80, 1, 'u', 0, 0, 4, 1, 2, 'x', 'y', 'p'})
 	f.Add((&Envelope{Op: OpTopic, Target: "room", Arg: "s", Payload: []byte("hi")}).Encode())
 	f.Add((&Envelope{Op: OpDisconnect, Target: "u", Arg: "r", Code: 1000}).Encode())
 	f.Add((&Envelope{Op: OpUser, Target: "u", Published: 1767225600123456, Payload: []byte("hi")}).Encode())
