@@ -15,6 +15,13 @@ type Metrics struct {
 	Users  int // users with at least one session on this node
 	Topics int // topics with at least one session of this node in them
 
+	// PresenceEntries is how many entries this node holds in the
+	// presence record: a user with sessions here, and each topic such a
+	// user is in here (0 without presence). PresenceFailing is set while
+	// this node's presence writes fail (they are retried).
+	PresenceEntries int
+	PresenceFailing bool
+
 	Written       uint64 // messages written to sockets (Delivered counts those queued)
 	BytesReceived uint64 // bytes of the messages read from clients, WebSocket framing not included
 	BytesWritten  uint64 // bytes of the messages written to sockets, WebSocket framing not included
@@ -136,6 +143,10 @@ func (h *Hub) Metrics() Metrics {
 	}
 	if c, ok := h.bp.(backplane.Checker); ok && c.Health() != nil {
 		m.BackplaneUp = false
+	}
+	if h.pres != nil {
+		m.PresenceEntries = h.pres.entries()
+		m.PresenceFailing = h.pres.failing.Load()
 	}
 	var sessions []*Session
 	sessions, m.Users, m.Topics = h.reg.snapshot()

@@ -176,7 +176,12 @@ func TestUpgradeWhilePresenceIsUnreachable(t *testing.T) {
 		defer conn.CloseNow()
 	}
 
+	require.Eventually(t, func() bool { return n.hub.Metrics().PresenceFailing }, waitFor, 5*time.Millisecond,
+		"the metrics do not say that presence writes fail")
+	assert.Equal(t, 1, n.hub.Metrics().PresenceEntries, "alice's entry: one user, no topic")
+
 	require.NoError(t, bus.Heal("node0"))
+	require.Eventually(t, func() bool { return !n.hub.Metrics().PresenceFailing }, waitFor, 5*time.Millisecond)
 	require.Eventually(t, func() bool { k, _ := n.hub.Online(bg, "alice"); return k == 3 }, waitFor, 5*time.Millisecond,
 		"the write is retried once the record is reachable")
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wshub/wshub/backplane"
@@ -43,6 +44,9 @@ type tracker struct {
 	// wmu serializes the backplane writes of the instance: the
 	// goroutine's batches and reserve.
 	wmu sync.Mutex
+
+	// failing is set while the goroutine's writes or refreshes fail.
+	failing atomic.Bool
 
 	// Changes go to their own goroutine, so that slow hooks (a presence
 	// message's Broadcast) never hold up writes or upgrades.
@@ -319,7 +323,6 @@ func (t *tracker) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	failing := false
 	for {
 		select {
 		case <-t.stop:
@@ -329,13 +332,11 @@ func (t *tracker) run() {
 		}
 		wait, err := t.step()
 		if err != nil && t.ctx.Err() == nil {
-			if !failing {
+			if !t.failing.Swap(true) {
 				t.log.Warn("wshub: presence cannot be written, will retry", "err", err)
 			}
-			failing = true
 			wait = presenceRetry
-		} else if err == nil && failing {
-			failing = false
+		} else if err == nil && t.failing.Swap(false) {
 			t.log.Info("wshub: presence written again")
 		}
 		if wait > 0 {
@@ -514,6 +515,14 @@ func (d *dirtyKeys) take(n int, skip func(presenceKey) bool) (keys []presenceKey
 	}
 	d.order = kept
 	return keys, first, more
+}
+
+// entries returns how many entries this node holds in the record: users
+// here, plus each user's topics.
+func (t *tracker) entries() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.counts)
 }
 
 // nodeOfInstance returns the node ID of a presence instance.

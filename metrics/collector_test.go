@@ -133,7 +133,14 @@ wshub_sessions_accepted_total 2
 # HELP wshub_backplane_up 1 while the backplane can deliver across the cluster, 0 while it reports that it cannot.
 # TYPE wshub_backplane_up gauge
 wshub_backplane_up 1
-`, "wshub_sessions", "wshub_users", "wshub_topics", "wshub_sessions_accepted_total", "wshub_backplane_up")
+# HELP wshub_presence_entries Entries this node holds in the presence record: users with sessions here, and each of their topics here.
+# TYPE wshub_presence_entries gauge
+wshub_presence_entries 4
+# HELP wshub_presence_writes_failing 1 while this node's presence writes fail (they are retried), 0 otherwise.
+# TYPE wshub_presence_writes_failing gauge
+wshub_presence_writes_failing 0
+`, "wshub_sessions", "wshub_users", "wshub_topics", "wshub_sessions_accepted_total", "wshub_backplane_up",
+		"wshub_presence_entries", "wshub_presence_writes_failing")
 
 	require.NoError(t, alice.Write(bg, websocket.MessageText, []byte("hello")))
 	th.eventually(t, `
@@ -265,6 +272,8 @@ func TestCollectorLint(t *testing.T) {
 		"wshub_messages_queued_total counter",
 		"wshub_messages_received_total counter",
 		"wshub_messages_sent_total counter",
+		"wshub_presence_entries gauge",
+		"wshub_presence_writes_failing gauge",
 		"wshub_publish_errors_total counter",
 		"wshub_publish_to_enqueue_seconds histogram",
 		"wshub_rate_limit_delays_total counter",

@@ -26,6 +26,8 @@
 //	wshub_users                           users with a session on this node
 //	wshub_topics                          topics with a session of this node in them
 //	wshub_backplane_up                    1 while the backplane can deliver, else 0 (see Hub.Health)
+//	wshub_presence_entries                entries this node holds in the presence record
+//	wshub_presence_writes_failing         1 while this node's presence writes fail, else 0
 //	wshub_send_queue_messages             messages waiting in all send queues
 //	wshub_send_queue_bytes                bytes waiting in all send queues (each message counting 64 more)
 //	wshub_send_queue_longest_messages     messages in the longest send queue
