@@ -54,25 +54,45 @@ type publisherConfig struct {
 	logs logScript
 	// done is told the outcome of every message sent.
 	done func(err error)
+	// sent, when not nil, is told the size of every pipeline as it goes out.
+	sent func(n int)
 }
 
-// publisher batches concurrent Publish calls into pipelines: up to
-// Options.Pipelines of them in flight, each one round trip for up to
-// Options.MaxBatch messages. Under light load a message goes out alone at
-// once; under heavy load the queue fills while pipelines are in flight and
-// the next pipeline takes everything queued.
+// publisher batches concurrent Publish calls into pipelines, each one round
+// trip for up to Options.MaxBatch messages. A message that finds no
+// pipeline in flight goes out alone at once. One that finds a pipeline in
+// flight joins the next, which forms while that one is in flight, starts as
+// soon as it is answered, and takes everything queued meanwhile. A second
+// round trip started beside the first would be answered little sooner, as
+// Redis runs commands one at a time; waiting for one saves Redis and the
+// node a read and a write per message. Only when at least overlapAt
+// requests are queued does a pipeline start beside those in flight, up to
+// Options.Pipelines at once.
 type publisher struct {
-	cfg   publisherConfig
-	queue chan *pubReq
-	stop  chan struct{}
-	wg    sync.WaitGroup
+	cfg       publisherConfig
+	queue     chan *pubReq
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	overlapAt int // queued requests for which a pipeline starts beside others
+
+	next    chan struct{} // held by the one pipeline forming, capacity 1
+	crowded chan struct{} // a token when the queue reached overlapAt, capacity 1
+
+	mu       sync.Mutex
+	inflight int           // pipelines sent and not yet answered
+	waiting  int           // 1 while the forming pipeline waits for one in flight
+	answered chan struct{} // closed when a pipeline in flight ends, if waiting > 0
 }
 
 func newPublisher(cfg publisherConfig) *publisher {
 	p := &publisher{
-		cfg:   cfg,
-		queue: make(chan *pubReq, cfg.maxBatch*cfg.pipelines),
-		stop:  make(chan struct{}),
+		cfg:       cfg,
+		queue:     make(chan *pubReq, cfg.maxBatch*cfg.pipelines),
+		stop:      make(chan struct{}),
+		overlapAt: max(cfg.maxBatch/4, 1),
+		answered:  make(chan struct{}),
+		next:      make(chan struct{}, 1),
+		crowded:   make(chan struct{}, 1),
 	}
 	p.wg.Add(cfg.pipelines)
 	for i := 0; i < cfg.pipelines; i++ {
@@ -98,6 +118,13 @@ func (p *publisher) publish(ctx context.Context, channel, key, ekey string, payl
 	r.state.Store(reqQueued)
 	select {
 	case p.queue <- r:
+		if len(p.queue)+1 >= p.overlapAt {
+			// Enough to start a pipeline beside those in flight.
+			select {
+			case p.crowded <- struct{}{}:
+			default:
+			}
+		}
 	case <-ctx.Done():
 		p.recycle(r)
 		return ctx.Err()
@@ -135,10 +162,28 @@ func (p *publisher) run() {
 	batch := make([]*pubReq, 0, p.cfg.maxBatch)
 	pb := &pipeBuf{cmds: make([]goredis.Cmder, 0, p.cfg.maxBatch)}
 	for {
+		// One pipeline at a time forms: it holds next from taking its
+		// first request until it starts, so that under light load the
+		// requests that come while one is in flight wait in the queue for
+		// a single pipeline rather than each in a pipeline of its own.
+		select {
+		case p.next <- struct{}{}:
+		case <-p.stop:
+			p.drain()
+			return
+		}
 		var first *pubReq
 		select {
 		case first = <-p.queue:
 		case <-p.stop:
+			<-p.next
+			p.drain()
+			return
+		}
+		started := p.startPipeline()
+		<-p.next
+		if !started {
+			p.fail(first, backplane.ErrClosed)
 			p.drain()
 			return
 		}
@@ -153,7 +198,58 @@ func (p *publisher) run() {
 			}
 		}
 		p.send(batch, pb)
+		p.endPipeline()
 		clear(batch)
+	}
+}
+
+// startPipeline waits until the pipeline of first may start: at once when
+// none is in flight or when the queue holds at least overlapAt requests,
+// and otherwise until one in flight is answered or the queue fills up to
+// that. It reports false when the backplane closes first.
+func (p *publisher) startPipeline() bool {
+	p.mu.Lock()
+	for p.inflight > 0 && len(p.queue)+1 < p.overlapAt {
+		p.waiting++
+		answered := p.answered
+		p.mu.Unlock()
+		var answeredNow bool
+		select {
+		case <-answered:
+			answeredNow = true
+		case <-p.crowded:
+		case <-p.stop:
+			p.mu.Lock()
+			p.waiting--
+			p.mu.Unlock()
+			return false
+		}
+		p.mu.Lock()
+		p.waiting--
+		if answeredNow {
+			break
+		}
+	}
+	p.inflight++
+	p.mu.Unlock()
+	return true
+}
+
+// endPipeline marks a pipeline answered and starts those waiting for it.
+func (p *publisher) endPipeline() {
+	p.mu.Lock()
+	p.inflight--
+	if p.waiting > 0 {
+		close(p.answered)
+		p.answered = make(chan struct{})
+	}
+	p.mu.Unlock()
+}
+
+// fail answers r with err unless its caller gave up on it.
+func (p *publisher) fail(r *pubReq, err error) {
+	if r.state.CompareAndSwap(reqQueued, reqTaken) {
+		r.done <- err
 	}
 }
 
@@ -285,6 +381,9 @@ func (p *publisher) exec(pb *pipeBuf, live []*pubReq) ([]goredis.Cmder, error) {
 		}
 	}
 	pb.cmds = cmds
+	if p.cfg.sent != nil {
+		p.cfg.sent(len(cmds))
+	}
 	_, err := pipe.Exec(ctx)
 	return cmds, err
 }
@@ -294,9 +393,7 @@ func (p *publisher) drain() {
 	for {
 		select {
 		case r := <-p.queue:
-			if r.state.CompareAndSwap(reqQueued, reqTaken) {
-				r.done <- backplane.ErrClosed
-			}
+			p.fail(r, backplane.ErrClosed)
 		default:
 			return
 		}
