@@ -32,7 +32,9 @@
 // channel.
 //
 // Concurrent Publish calls are pipelined: several messages share one round
-// trip to Redis. Subscribe and Unsubscribe calls are sent on one
+// trip to Redis. A message that finds no pipeline in flight goes out at
+// once; the messages that come while one is in flight go out together as
+// soon as it is answered. Subscribe and Unsubscribe calls are sent on one
 // subscription connection per node (per shard with a cluster); Subscribe
 // returns when Redis has confirmed every channel.
 //

@@ -39,7 +39,10 @@ type Options struct {
 
 	// Pipelines is how many publish pipelines may be in flight at once.
 	// Concurrent Publish calls are batched into pipelines of up to MaxBatch
-	// commands, one round trip each. Default 4.
+	// commands, one round trip each. A Publish that finds a pipeline in
+	// flight waits for it and goes out with everything queued meanwhile;
+	// pipelines overlap only once 4 messages are queued (MaxBatch/4 when
+	// that is less). Default 4.
 	Pipelines int
 
 	// MaxBatch is the most commands in one publish pipeline. Default 256.

@@ -73,7 +73,7 @@ type publisher struct {
 	queue     chan *pubReq
 	stop      chan struct{}
 	wg        sync.WaitGroup
-	overlapAt int // queued requests for which a pipeline starts beside others
+	overlapAt int // queued requests for which a pipeline starts beside others: 4, or MaxBatch/4 when less
 
 	next    chan struct{} // held by the one pipeline forming, capacity 1
 	crowded chan struct{} // a token when the queue reached overlapAt, capacity 1
@@ -89,7 +89,7 @@ func newPublisher(cfg publisherConfig) *publisher {
 		cfg:       cfg,
 		queue:     make(chan *pubReq, cfg.maxBatch*cfg.pipelines),
 		stop:      make(chan struct{}),
-		overlapAt: max(cfg.maxBatch/4, 1),
+		overlapAt: max(min(cfg.maxBatch/4, 4), 1),
 		answered:  make(chan struct{}),
 		next:      make(chan struct{}, 1),
 		crowded:   make(chan struct{}, 1),

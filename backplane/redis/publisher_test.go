@@ -37,11 +37,13 @@ func TestPublishesShareThePipelineAfterTheOneInFlight(t *testing.T) {
 		},
 	})
 	defer p.close()
+	require.Equal(t, 4, p.overlapAt)
 
 	// Long enough for the publishes below to be queued; it ends by itself.
 	require.NoError(t, client.Do(ctx, "CLIENT", "PAUSE", "2000", "ALL").Err())
 
-	const later = 20
+	// Fewer than overlapAt, which would start a pipeline beside the first.
+	const later = 3
 	var wg sync.WaitGroup
 	errs := make(chan error, later+1)
 	publish := func() {
