@@ -64,14 +64,14 @@ func (l *shardLog) drop(name string) {
 
 // message delivers a wake-up, unless it is not one or is not newer than
 // what was delivered.
-func (l *shardLog) message(name, msg string, catchingUp bool) {
+func (l *shardLog) message(name string, wake []byte, catchingUp bool) {
 	if catchingUp {
 		// A wake-up that comes before a reconnected generation has
 		// caught up is dropped: the catch-up, which reads the logs
 		// after it, delivers its entry in order with what came before.
 		return
 	}
-	epoch, id, payload, ok := splitWakeUp(msg)
+	epoch, id, payload, ok := splitWakeUp(string(wake))
 	if !ok || l.s.clock.ahead(id.ms) {
 		// Not a wake-up, or one with an ID Redis cannot have made yet:
 		// published by someone else. Installed as the channel's position,
@@ -178,7 +178,7 @@ func (l *shardLog) deliverEntry(redisChannel, epoch string, id streamID, payload
 	}
 	l.last[redisChannel] = position{epoch: epoch, id: id, real: true}
 	l.mu.Unlock()
-	l.s.deliver(l.prefix, redisChannel, offsetOf(epoch, id), payload)
+	l.s.deliver(l.prefix, redisChannel, offsetOf(epoch, id), []byte(payload))
 	return true
 }
 

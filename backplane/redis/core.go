@@ -44,7 +44,7 @@ type shardMode interface {
 	// message handles a message that arrived on a held Redis channel, on
 	// the receiving goroutine. catchingUp is set while a generation that
 	// follows an outage has not come up yet.
-	message(name, payload string, catchingUp bool)
+	message(name string, payload []byte, catchingUp bool)
 	// up is called on the receiving goroutine when a generation comes up,
 	// before anything live is handed to message. gap says whether an
 	// earlier generation had been up, so that messages may have been
@@ -445,9 +445,9 @@ func (c *core) shardDown(shard int) error {
 
 // deliver hands a message of a Redis channel of shard prefix pre, with its
 // offset when it has one, to the handler.
-func (c *core) deliver(pre, redisChannel, offset, payload string) {
+func (c *core) deliver(pre, redisChannel, offset string, payload []byte) {
 	c.stats.received.Add(1)
-	c.handler(backplane.Message{Channel: strings.TrimPrefix(redisChannel, pre), Offset: offset, Payload: []byte(payload)})
+	c.handler(backplane.Message{Channel: strings.TrimPrefix(redisChannel, pre), Offset: offset, Payload: payload})
 }
 
 // subscriberDown records that a subscriber threw its connection away

@@ -79,7 +79,7 @@ func holdNothing(string) {}
 
 func (h pubsubShard) drop(string) {}
 
-func (h pubsubShard) message(name, payload string, _ bool) {
+func (h pubsubShard) message(name string, payload []byte, _ bool) {
 	h.c.deliver(h.prefix, name, "", payload)
 }
 

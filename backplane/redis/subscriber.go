@@ -54,7 +54,7 @@ type subscriberConfig struct {
 
 // subscriber owns the subscription connection of one shard.
 //
-// Each connection is a generation: a fresh goredis.PubSub subscribed to
+// Each connection is a generation: a fresh subConn subscribed to
 // everything the shard wants. When it fails (a read error, or probes that
 // stop coming back) the generation is thrown away whole and a new one is
 // built; go-redis's own reconnect is never relied on, so every confirmation
@@ -63,14 +63,16 @@ type subscriber struct {
 	cfg    subscriberConfig
 	probeC string // cfg.probeChannel
 
-	mu   sync.Mutex
-	want map[string]struct{} // Redis channels this shard holds
+	mu sync.Mutex
+	// want holds the Redis channels this shard holds, each its own key,
+	// so that a message's channel is found without a copy.
+	want map[string]string
 	// waiters wait for SUBSCRIBE confirmations, by Redis channel.
 	waiters map[string][]*waiter
-	// ps is the current generation, nil while reconnecting.
-	ps  *goredis.PubSub
-	gen uint64
-	up  bool // the current generation confirmed its subscriptions
+	// conn is the current generation, nil while reconnecting.
+	conn subConn
+	gen  uint64
+	up   bool // the current generation confirmed its subscriptions
 	// isDown says whether this subscriber counts as down in the backplane.
 	isDown bool
 	everUp bool // some generation was up: a later outage may lose messages
@@ -101,7 +103,7 @@ func newSubscriber(cfg subscriberConfig) *subscriber {
 	return &subscriber{
 		cfg:        cfg,
 		probeC:     cfg.probeChannel,
-		want:       make(map[string]struct{}),
+		want:       make(map[string]string),
 		waiters:    make(map[string][]*waiter),
 		unsubSent:  make(map[string]uint64),
 		unsubAcked: make(map[string]uint64),
@@ -113,25 +115,29 @@ func newSubscriber(cfg subscriberConfig) *subscriber {
 func (s *subscriber) run() {
 	backoff := minBackoff
 	for {
-		ps, kill, err := s.connect()
-		if ps != nil {
-			// The watcher closes the PubSub when the generation is killed,
-			// which makes the blocked Receive return.
+		conn, kill, err := s.connect()
+		if conn != nil {
+			// The watcher closes the connection when the generation is
+			// killed, which makes the blocked receive return.
 			genDone := make(chan struct{})
 			watcher := make(chan struct{})
 			go func() {
 				defer close(watcher)
 				select {
 				case <-kill:
-					_ = ps.Close()
+					_ = conn.close()
 				case <-genDone:
 				}
 			}()
-			err = s.receive(ps, kill)
+			err = s.receive(conn, kill)
 			close(genDone)
 			<-watcher
-			_ = ps.Close()
+			_ = conn.close()
 			backoff = minBackoff
+		}
+		if cc, ok := s.cfg.client.(*goredis.ClusterClient); ok && isMoved(err) {
+			// The slot moved: learn its new owner before the next dial.
+			cc.ReloadState(s.cfg.ctx)
 		}
 		if !s.endGeneration(err) {
 			return
@@ -151,25 +157,23 @@ func (s *subscriber) run() {
 // connect starts a generation subscribed to everything the shard wants.
 // A PING follows the subscriptions: its reply, which Redis sends after
 // every confirmation before it, marks the generation up.
-func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
-	var ps *goredis.PubSub
+func (s *subscriber) connect() (subConn, chan struct{}, error) {
 	ctx := s.cfg.ctx
-	if s.cfg.sharded {
-		ps = s.cfg.client.SSubscribe(ctx)
-	} else {
-		ps = s.cfg.client.Subscribe(ctx)
+	// Dialing happens outside the lock, so that Subscribe calls never wait
+	// for a dial. With a cluster, the probe channel picks the node: the
+	// master of the shard's slot.
+	ps, err := dialSubConn(ctx, s.cfg.client, s.cfg.sharded, s.probeC)
+	if err != nil {
+		return nil, nil, err
 	}
-	// Subscribing to the probe channel dials, outside the lock so that
-	// Subscribe calls never wait for a dial. With a cluster, the first
-	// channel picks the node: the master of the shard's slot.
 	if err := s.send(ctx, ps, "subscribe", []string{s.probeC}); err != nil {
-		_ = ps.Close()
+		_ = ps.close()
 		return nil, nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		_ = ps.Close()
+		_ = ps.close()
 		return nil, nil, backplane.ErrClosed
 	}
 	names := make([]string, 0, len(s.want))
@@ -179,16 +183,16 @@ func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
 	for len(names) > 0 {
 		n := min(len(names), subscribeChunk)
 		if err := s.send(ctx, ps, "subscribe", names[:n]); err != nil {
-			_ = ps.Close()
+			_ = ps.close()
 			return nil, nil, err
 		}
 		names = names[n:]
 	}
-	if err := ps.Ping(ctx, upMarker); err != nil {
-		_ = ps.Close()
+	if err := ps.send(ctx, "PING", []string{upMarker}); err != nil {
+		_ = ps.close()
 		return nil, nil, err
 	}
-	s.ps = ps
+	s.conn = ps
 	s.gen++
 	s.up = false
 	s.probeToken, s.probeSent = "", time.Time{}
@@ -206,23 +210,23 @@ func (s *subscriber) connect() (*goredis.PubSub, chan struct{}, error) {
 }
 
 // send writes a (S)SUBSCRIBE or (S)UNSUBSCRIBE command for names.
-func (s *subscriber) send(ctx context.Context, ps *goredis.PubSub, op string, names []string) error {
+func (s *subscriber) send(ctx context.Context, conn subConn, op string, names []string) error {
 	switch {
 	case op == "subscribe" && s.cfg.sharded:
-		return ps.SSubscribe(ctx, names...)
+		return conn.send(ctx, "SSUBSCRIBE", names)
 	case op == "subscribe":
-		return ps.Subscribe(ctx, names...)
+		return conn.send(ctx, "SUBSCRIBE", names)
 	case s.cfg.sharded:
-		return ps.SUnsubscribe(ctx, names...)
+		return conn.send(ctx, "SUNSUBSCRIBE", names)
 	default:
-		return ps.Unsubscribe(ctx, names...)
+		return conn.send(ctx, "UNSUBSCRIBE", names)
 	}
 }
 
 // receive reads the generation's messages until it fails or is killed.
-func (s *subscriber) receive(ps *goredis.PubSub, kill chan struct{}) error {
+func (s *subscriber) receive(conn subConn, kill chan struct{}) error {
 	for {
-		m, err := ps.Receive(s.cfg.ctx)
+		m, err := conn.receive()
 		if err != nil {
 			select {
 			case <-kill:
@@ -231,71 +235,72 @@ func (s *subscriber) receive(ps *goredis.PubSub, kill chan struct{}) error {
 			}
 			return err
 		}
-		switch m := m.(type) {
-		case *goredis.Message:
-			s.onMessage(m)
-		case *goredis.Subscription:
-			if err := s.onSubscription(m); err != nil {
-				return err
-			}
-		case *goredis.Pong:
-			if m.Payload == upMarker {
+		switch m.kind {
+		case pushMessage:
+			s.onMessage(m.channel, m.payload)
+		case pushPong:
+			if string(m.payload) == upMarker {
 				s.onUp()
+			}
+		default:
+			if err := s.onSubscription(m.kind, string(m.channel)); err != nil {
+				return err
 			}
 		}
 	}
 }
 
-// onMessage handles a message of the current generation.
-func (s *subscriber) onMessage(m *goredis.Message) {
+// onMessage handles a message of the current generation. channel is
+// valid only until it returns; payload is handed on.
+func (s *subscriber) onMessage(channel, payload []byte) {
 	s.mu.Lock()
-	if m.Channel == s.probeC {
-		if s.probeToken != "" && m.Payload == s.probeToken {
+	if string(channel) == s.probeC {
+		if s.probeToken != "" && string(payload) == s.probeToken {
 			s.probeToken, s.probeSent = "", time.Time{}
 		}
 		s.mu.Unlock()
 		return
 	}
-	_, ok := s.want[m.Channel]
+	name, ok := s.want[string(channel)]
 	catchingUp := !s.up && s.everUp
 	s.mu.Unlock()
 	if ok {
-		s.cfg.mode.message(m.Channel, m.Payload, catchingUp)
+		s.cfg.mode.message(name, payload, catchingUp)
 	}
 }
 
 // onSubscription handles a confirmation of the current generation.
-func (s *subscriber) onSubscription(m *goredis.Subscription) error {
+func (s *subscriber) onSubscription(kind pushKind, channel string) error {
 	s.mu.Lock()
-	switch m.Kind {
-	case "subscribe", "ssubscribe":
-		acked := s.unsubAcked[m.Channel]
-		ws := s.waiters[m.Channel]
+	switch kind {
+	case pushSubscribe:
+		acked := s.unsubAcked[channel]
+		ws := s.waiters[channel]
 		keep := ws[:0]
 		for _, w := range ws {
-			if w.pending[m.Channel] <= acked {
-				w.confirm(m.Channel)
+			if w.pending[channel] <= acked {
+				w.confirm(channel)
 			} else {
 				keep = append(keep, w)
 			}
 		}
 		if len(keep) == 0 {
-			delete(s.waiters, m.Channel)
+			delete(s.waiters, channel)
 		} else {
-			s.waiters[m.Channel] = keep
+			s.waiters[channel] = keep
 		}
-	case "unsubscribe":
-		s.ackUnsubLocked(m.Channel)
-	case "sunsubscribe":
-		if _, ok := s.want[m.Channel]; ok || m.Channel == s.probeC {
-			if s.unsubAcked[m.Channel] >= s.unsubSent[m.Channel] {
+	case pushUnsubscribe:
+		s.ackUnsubLocked(channel)
+	case pushSUnsubscribe:
+		if _, ok := s.want[channel]; ok || channel == s.probeC {
+			if s.unsubAcked[channel] >= s.unsubSent[channel] {
 				// Redis dropped a shard channel we hold: its slot moved
 				// to another master. Rebuild on the new owner.
 				s.mu.Unlock()
-				return fmt.Errorf("shard channel %q moved", m.Channel)
+				return fmt.Errorf("shard channel %q moved", channel)
 			}
 		}
-		s.ackUnsubLocked(m.Channel)
+		s.ackUnsubLocked(channel)
 	}
 	s.mu.Unlock()
 	return nil
@@ -365,7 +370,7 @@ func (w *waiter) confirm(ch string) {
 func (s *subscriber) endGeneration(err error) bool {
 	s.mu.Lock()
 	closed := s.closed || s.cfg.ctx.Err() != nil
-	s.ps = nil
+	s.conn = nil
 	s.up = false
 	s.probeToken, s.probeSent = "", time.Time{}
 	report := !closed && !s.isDown && err != nil
@@ -411,7 +416,7 @@ func (s *subscriber) subscribe(ctx context.Context, names []string) error {
 	var added []string
 	for _, ch := range names {
 		if _, ok := s.want[ch]; !ok {
-			s.want[ch] = struct{}{}
+			s.want[ch] = ch
 			added = append(added, ch)
 			hold(ch)
 		}
@@ -423,9 +428,9 @@ func (s *subscriber) subscribe(ctx context.Context, names []string) error {
 		s.waiters[ch] = append(s.waiters[ch], w)
 	}
 	// Before the first generation, its first SUBSCRIBE will carry names.
-	ps, gen := s.ps, s.gen
-	for i := 0; ps != nil && i < len(names) && err == nil; i += subscribeChunk {
-		err = s.send(ctx, ps, "subscribe", names[i:min(i+subscribeChunk, len(names))])
+	conn, gen := s.conn, s.gen
+	for i := 0; conn != nil && i < len(names) && err == nil; i += subscribeChunk {
+		err = s.send(ctx, conn, "subscribe", names[i:min(i+subscribeChunk, len(names))])
 	}
 	s.mu.Unlock()
 
@@ -486,16 +491,16 @@ func (s *subscriber) unsubscribe(ctx context.Context, names []string) {
 			w.confirm(ch)
 		}
 		delete(s.waiters, ch)
-		if s.ps != nil {
+		if s.conn != nil {
 			s.unsubSent[ch]++
 		}
 	}
-	if s.ps == nil || len(drop) == 0 {
+	if s.conn == nil || len(drop) == 0 {
 		return
 	}
 	var err error
 	for i := 0; i < len(drop) && err == nil; i += subscribeChunk {
-		err = s.send(ctx, s.ps, "unsubscribe", drop[i:min(i+subscribeChunk, len(drop))])
+		err = s.send(ctx, s.conn, "unsubscribe", drop[i:min(i+subscribeChunk, len(drop))])
 	}
 	if err != nil {
 		// The connection is broken; the next generation starts without
@@ -512,10 +517,10 @@ func (s *subscriber) kick(gen uint64) {
 }
 
 func (s *subscriber) kickLocked(gen uint64) {
-	if s.ps == nil || s.gen != gen {
+	if s.conn == nil || s.gen != gen {
 		return
 	}
-	// run's watcher closes the PubSub.
+	// run's watcher closes the connection.
 	select {
 	case <-s.kill:
 	default:
@@ -528,7 +533,7 @@ func (s *subscriber) kickLocked(gen uint64) {
 // ProbeTimeout.
 func (s *subscriber) probe(now time.Time) {
 	s.mu.Lock()
-	if s.ps == nil || !s.up {
+	if s.conn == nil || !s.up {
 		s.mu.Unlock()
 		return
 	}
@@ -571,7 +576,7 @@ func (s *subscriber) health(now time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
-	case s.ps == nil || !s.up:
+	case s.conn == nil || !s.up:
 		if s.lastErr != nil {
 			return s.lastErr
 		}
@@ -591,7 +596,7 @@ func (s *subscriber) downErr() error {
 }
 
 func (s *subscriber) downErrLocked() error {
-	if s.ps == nil && s.isDown {
+	if s.conn == nil && s.isDown {
 		return fmt.Errorf("%w: %w", backplane.ErrUnavailable, s.lastErr)
 	}
 	return nil

@@ -1,0 +1,93 @@
+package redis_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wshub/wshub/backplane"
+	wsredis "github.com/wshub/wshub/backplane/redis"
+	"github.com/wshub/wshub/internal/redistest"
+)
+
+// roundTrip subscribes a PubSub on client to a channel, publishes on it and
+// checks the message arrives.
+func roundTrip(t *testing.T, client goredis.UniversalClient) {
+	t.Helper()
+	bp, err := wsredis.NewPubSub(client, &wsredis.Options{Logger: quiet})
+	require.NoError(t, err)
+	defer bp.Close()
+	got := make(chan backplane.Message, 1)
+	require.NoError(t, bp.Start(func(m backplane.Message) {
+		select {
+		case got <- m:
+		default:
+		}
+	}))
+	ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+	defer cancel()
+	require.NoError(t, bp.Subscribe(ctx, "room"))
+	require.NoError(t, bp.Publish(ctx, "room", []byte("hello")))
+	select {
+	case m := <-got:
+		assert.Equal(t, "room", m.Channel)
+		assert.Equal(t, "hello", string(m.Payload))
+	case <-ctx.Done():
+		t.Fatal("the message did not arrive")
+	}
+}
+
+// TestSubscriptionConnectionAuthenticates checks that the subscription
+// connection, which the backplane opens itself, signs in as the client
+// does: a password, an ACL user, a credentials provider; and that a wrong
+// password is an error that says so, not a silent subscription.
+func TestSubscriptionConnectionAuthenticates(t *testing.T) {
+	srv := redistest.Start(t)
+	require.NoError(t, srv.Client(t).ConfigSet(bg, "requirepass", "s3cret").Err())
+	admin := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: "s3cret"})
+	defer admin.Close()
+	require.NoError(t, admin.Do(bg, "ACL", "SETUSER", "app", "on", ">app-pw", "~*", "&*", "+@all").Err())
+
+	t.Run("password", func(t *testing.T) {
+		roundTrip(t, admin)
+	})
+	t.Run("acl user", func(t *testing.T) {
+		c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Username: "app", Password: "app-pw", ClientName: "wshub-test"})
+		defer c.Close()
+		roundTrip(t, c)
+	})
+	t.Run("credentials provider", func(t *testing.T) {
+		c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), CredentialsProvider: func() (string, string) { return "app", "app-pw" }})
+		defer c.Close()
+		roundTrip(t, c)
+	})
+	t.Run("wrong password", func(t *testing.T) {
+		c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: "wrong"})
+		defer c.Close()
+		bp, err := wsredis.NewPubSub(c, &wsredis.Options{Logger: quiet})
+		require.NoError(t, err)
+		defer bp.Close()
+		require.NoError(t, bp.Start(func(backplane.Message) {}))
+		ctx, cancel := context.WithTimeout(bg, 2*time.Second)
+		defer cancel()
+		require.Error(t, bp.Subscribe(ctx, "room"))
+		require.Eventually(t, func() bool {
+			err := bp.Health()
+			return err != nil && (strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), "invalid password"))
+		}, 10*time.Second, 10*time.Millisecond, "Health says why: %v", bp.Health())
+	})
+}
+
+// TestSubscriptionThroughARing checks the path for clients the backplane
+// does not open connections for itself: go-redis's own PubSub.
+func TestSubscriptionThroughARing(t *testing.T) {
+	srv := redistest.Start(t)
+	ring := goredis.NewRing(&goredis.RingOptions{Addrs: map[string]string{"one": srv.Addr()}})
+	defer ring.Close()
+	roundTrip(t, ring)
+}
