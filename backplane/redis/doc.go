@@ -38,6 +38,13 @@
 // subscription connection per node (per shard with a cluster); Subscribe
 // returns when Redis has confirmed every channel.
 //
+// The subscription connection is the backplane's own, dialled with the
+// options of the *redis.Client or *redis.ClusterClient given (its dialer,
+// so TLS, and its credentials) and read in RESP2 by a reader that costs a
+// message one allocation, its payload. Other clients, and a
+// StreamingCredentialsProvider, subscribe through go-redis's PubSub. The
+// client's OnConnect hook is not run on it.
+//
 // # Streams
 //
 // In a Streams every channel has a capped Redis stream as its log, trimmed
