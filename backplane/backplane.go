@@ -37,7 +37,8 @@ var (
 	// ErrUnavailable means the backplane cannot currently reach the rest of
 	// the cluster (the link to its server is down, or the node is partitioned).
 	ErrUnavailable = errors.New("backplane: unavailable")
-	// ErrInvalidChannel is returned for an empty channel name.
+	// ErrInvalidChannel is returned for an empty channel name, or one
+	// longer than a backend carries.
 	ErrInvalidChannel = errors.New("backplane: invalid channel")
 	// ErrStarted is returned by a second call to Start.
 	ErrStarted = errors.New("backplane: already started")

@@ -177,8 +177,8 @@ func (c *core) Start(h backplane.Handler) error {
 // one wrapping ctx.Err() when ctx ends first; in that case the message may
 // or may not have been published.
 func (c *core) Publish(ctx context.Context, channel string, payload []byte) error {
-	if channel == "" {
-		return backplane.ErrInvalidChannel
+	if err := checkChannel(channel); err != nil {
+		return err
 	}
 	if c.isClosed() {
 		return backplane.ErrClosed

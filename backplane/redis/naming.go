@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"fmt"
 	"hash/fnv"
 	"strconv"
 	"strings"
@@ -46,12 +47,30 @@ func (n naming) names(channel string) (prefix, redisChannel string) {
 	return prefix, prefix + channel
 }
 
+// MaxChannelLength is the longest channel name this backplane carries, in
+// bytes: far above what a hub makes (a prefix and a name of at most
+// wshub.MaxNameLength), and what bounds the subscription connection's
+// reader.
+const MaxChannelLength = 32 << 10
+
+// checkChannel returns an error wrapping backplane.ErrInvalidChannel for a
+// channel name this backplane does not carry.
+func checkChannel(ch string) error {
+	switch {
+	case ch == "":
+		return backplane.ErrInvalidChannel
+	case len(ch) > MaxChannelLength:
+		return fmt.Errorf("%w: %d bytes, more than %d", backplane.ErrInvalidChannel, len(ch), MaxChannelLength)
+	}
+	return nil
+}
+
 // group validates channels and maps them to Redis channels, by shard.
 func (n naming) group(channels []string) (map[int][]string, error) {
 	groups := make(map[int][]string, 1)
 	for _, ch := range channels {
-		if ch == "" {
-			return nil, backplane.ErrInvalidChannel
+		if err := checkChannel(ch); err != nil {
+			return nil, err
 		}
 		sh := n.shard(ch)
 		groups[sh] = append(groups[sh], n.shardPrefix(sh)+ch)

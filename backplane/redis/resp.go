@@ -37,7 +37,7 @@ type push struct {
 // costs a clear error and not memory.
 const (
 	maxRespBulk    = 512 << 20 // Redis's own proto-max-bulk-len default
-	maxRespChannel = 64 << 10  // longer than any channel of ours
+	maxRespChannel = 64 << 10  // MaxChannelLength and any prefix of ours
 	// A bulk string larger than this is read as it arrives, not allocated
 	// whole from its header.
 	respAllocAtOnce = 1 << 20

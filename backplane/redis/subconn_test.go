@@ -29,13 +29,20 @@ func roundTrip(t *testing.T, client goredis.UniversalClient) {
 		default:
 		}
 	}))
+	roundTripOn(t, bp, got, "room")
+}
+
+// roundTripOn subscribes a started PubSub, whose handler feeds got, to
+// channel, publishes on it and checks the message arrives.
+func roundTripOn(t *testing.T, bp *wsredis.PubSub, got <-chan backplane.Message, channel string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(bg, 10*time.Second)
 	defer cancel()
-	require.NoError(t, bp.Subscribe(ctx, "room"))
-	require.NoError(t, bp.Publish(ctx, "room", []byte("hello")))
+	require.NoError(t, bp.Subscribe(ctx, channel))
+	require.NoError(t, bp.Publish(ctx, channel, []byte("hello")))
 	select {
 	case m := <-got:
-		assert.Equal(t, "room", m.Channel)
+		assert.Equal(t, channel, m.Channel)
 		assert.Equal(t, "hello", string(m.Payload))
 	case <-ctx.Done():
 		t.Fatal("the message did not arrive")
@@ -90,4 +97,26 @@ func TestSubscriptionThroughARing(t *testing.T) {
 	ring := goredis.NewRing(&goredis.RingOptions{Addrs: map[string]string{"one": srv.Addr()}})
 	defer ring.Close()
 	roundTrip(t, ring)
+}
+
+// TestChannelLengthIsBounded checks that a channel name longer than the
+// subscription reader accepts is refused up front, with the error callers
+// branch on, instead of breaking the subscription connection.
+func TestChannelLengthIsBounded(t *testing.T) {
+	srv := redistest.Start(t)
+	bp, err := wsredis.NewPubSub(srv.Client(t), &wsredis.Options{Logger: quiet})
+	require.NoError(t, err)
+	defer bp.Close()
+	got := make(chan backplane.Message, 1)
+	require.NoError(t, bp.Start(func(m backplane.Message) {
+		select {
+		case got <- m:
+		default:
+		}
+	}))
+	long := strings.Repeat("x", wsredis.MaxChannelLength+1)
+	require.ErrorIs(t, bp.Subscribe(bg, "ok", long), backplane.ErrInvalidChannel)
+	require.ErrorIs(t, bp.Publish(bg, long, []byte("p")), backplane.ErrInvalidChannel)
+	// The longest one is carried.
+	roundTripOn(t, bp, got, strings.Repeat("y", wsredis.MaxChannelLength))
 }
