@@ -203,7 +203,7 @@ func (p *publisher) run() {
 	}
 }
 
-// startPipeline waits until the pipeline of first may start: at once when
+// startPipeline waits until the pipeline being formed may start: at once when
 // none is in flight or when the queue holds at least overlapAt requests,
 // and otherwise until one in flight is answered or the queue fills up to
 // that. It reports false when the backplane closes first.

@@ -27,8 +27,8 @@ type subConn interface {
 // dialSubConn opens a subscription connection for client, to the master
 // that owns first's slot with a cluster. With a *goredis.Client or a
 // *goredis.ClusterClient it is a connection of the backplane's own, read by
-// respReader: a message costs its payload and its channel name, where
-// go-redis's PubSub allocates about seven times. Other clients, and
+// respReader: a message costs one allocation, its payload, where go-redis's
+// PubSub allocates about seven times. Other clients, and
 // credentials that stream (which only go-redis can renew), use go-redis's
 // PubSub.
 func dialSubConn(ctx context.Context, client goredis.UniversalClient, sharded bool, first string) (subConn, error) {
@@ -79,19 +79,32 @@ func dialRespConn(ctx context.Context, opt *goredis.Options) (*respConn, error) 
 		return nil, err
 	}
 	c := &respConn{conn: conn, rr: newRespReader(conn), writeTimeout: opt.WriteTimeout}
-	if err := c.handshake(dctx, opt); err != nil {
+	// The backplane closing ends a handshake that hangs.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	err = c.handshake(dctx, opt)
+	if !stop() {
+		_ = conn.Close()
+		return nil, ctx.Err()
+	}
+	if err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
 	return c, nil
 }
 
+// handshakeTimeout bounds the handshake when the client sets no dial
+// timeout.
+const handshakeTimeout = 10 * time.Second
+
 // handshake authenticates and names the connection, as go-redis would.
 func (c *respConn) handshake(ctx context.Context, opt *goredis.Options) error {
-	if d, ok := ctx.Deadline(); ok {
-		_ = c.conn.SetDeadline(d)
-		defer c.conn.SetDeadline(time.Time{})
+	d, ok := ctx.Deadline()
+	if !ok {
+		d = time.Now().Add(handshakeTimeout)
 	}
+	_ = c.conn.SetDeadline(d)
+	defer c.conn.SetDeadline(time.Time{})
 	user, pass := opt.Username, opt.Password
 	switch {
 	case opt.CredentialsProviderContext != nil:
@@ -117,7 +130,8 @@ func (c *respConn) handshake(ctx context.Context, opt *goredis.Options) error {
 			return err
 		}
 		if _, err := c.rr.readStatus(); err != nil {
-			return fmt.Errorf("%s: %w", strings.ToLower(strings.Join(cmd[:min(len(cmd), 2)], " ")), err)
+			// Named by the command alone: AUTH's arguments are secrets.
+			return fmt.Errorf("redis backplane: %s on the subscription connection: %w", strings.ToLower(cmd[0]), err)
 		}
 	}
 	return nil
@@ -191,11 +205,19 @@ func (c *goredisSubConn) receive() (push, error) {
 
 func (c *goredisSubConn) close() error { return c.ps.Close() }
 
-// isMoved reports whether err is a MOVED or ASK redirection from a cluster.
+// isMoved reports whether err is a MOVED or ASK redirection from a cluster,
+// as read by respReader or by go-redis.
 func isMoved(err error) bool {
+	var msg string
 	var re respError
-	if errors.As(err, &re) {
-		return strings.HasPrefix(string(re), "MOVED ") || strings.HasPrefix(string(re), "ASK ")
+	var ge goredis.Error
+	switch {
+	case errors.As(err, &re):
+		msg = string(re)
+	case errors.As(err, &ge):
+		msg = ge.Error()
+	default:
+		return false
 	}
-	return false
+	return strings.HasPrefix(msg, "MOVED ") || strings.HasPrefix(msg, "ASK ")
 }

@@ -74,7 +74,8 @@ func TestSubscriptionConnectionAuthenticates(t *testing.T) {
 		roundTrip(t, c)
 	})
 	t.Run("wrong password", func(t *testing.T) {
-		c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: "wrong"})
+		const wrong = "not-the-password-7f3a"
+		c := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: wrong})
 		defer c.Close()
 		bp, err := wsredis.NewPubSub(c, &wsredis.Options{Logger: quiet})
 		require.NoError(t, err)
@@ -82,11 +83,14 @@ func TestSubscriptionConnectionAuthenticates(t *testing.T) {
 		require.NoError(t, bp.Start(func(backplane.Message) {}))
 		ctx, cancel := context.WithTimeout(bg, 2*time.Second)
 		defer cancel()
-		require.Error(t, bp.Subscribe(ctx, "room"))
+		err = bp.Subscribe(ctx, "room")
+		require.Error(t, err)
+		assert.NotContains(t, err.Error(), wrong, "an error never carries the password")
 		require.Eventually(t, func() bool {
 			err := bp.Health()
 			return err != nil && (strings.Contains(err.Error(), "WRONGPASS") || strings.Contains(err.Error(), "invalid password"))
 		}, 10*time.Second, 10*time.Millisecond, "Health says why: %v", bp.Health())
+		assert.NotContains(t, bp.Health().Error(), wrong, "an error never carries the password")
 	})
 }
 
@@ -119,4 +123,33 @@ func TestChannelLengthIsBounded(t *testing.T) {
 	require.ErrorIs(t, bp.Publish(bg, long, []byte("p")), backplane.ErrInvalidChannel)
 	// The longest one is carried.
 	roundTripOn(t, bp, got, strings.Repeat("y", wsredis.MaxChannelLength))
+}
+
+// TestAnAbandonedSubscribeKeepsTheConnection checks that a Subscribe whose
+// context ends before Redis confirms it takes back its channels without
+// breaking the connection the shard's other channels share.
+func TestAnAbandonedSubscribeKeepsTheConnection(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	bp, err := wsredis.NewPubSub(srv.Client(t), &wsredis.Options{Logger: quiet})
+	require.NoError(t, err)
+	defer bp.Close()
+	got := make(chan backplane.Message, 1)
+	require.NoError(t, bp.Start(func(m backplane.Message) {
+		select {
+		case got <- m:
+		default:
+		}
+	}))
+	roundTripOn(t, bp, got, "room")
+
+	// Redis holds every command for a while: the next Subscribe's
+	// confirmation cannot come before its context ends.
+	require.NoError(t, admin.Do(bg, "CLIENT", "PAUSE", "300", "ALL").Err())
+	ctx, cancel := context.WithTimeout(bg, 50*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, bp.Subscribe(ctx, "late"), context.DeadlineExceeded)
+
+	roundTripOn(t, bp, got, "room")
+	assert.Zero(t, bp.Stats().Resubscribes, "the shard's connection was rebuilt")
 }

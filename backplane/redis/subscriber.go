@@ -133,7 +133,12 @@ func (s *subscriber) run() {
 			close(genDone)
 			<-watcher
 			_ = conn.close()
-			backoff = minBackoff
+			if s.isUp() {
+				// Only a generation that came up resets the backoff: one
+				// whose every SUBSCRIBE Redis refuses (NOPERM, MOVED)
+				// must not reconnect at full speed.
+				backoff = minBackoff
+			}
 		}
 		if cc, ok := s.cfg.client.(*goredis.ClusterClient); ok && isMoved(err) {
 			// The slot moved: learn its new owner before the next dial.
@@ -329,6 +334,13 @@ func (s *subscriber) onUp() {
 	}
 }
 
+// isUp reports whether the current generation came up.
+func (s *subscriber) isUp() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.up
+}
+
 // busy restarts the clock of an outstanding probe: the receiving
 // goroutine is at work, not dead.
 func (s *subscriber) busy() {
@@ -470,7 +482,9 @@ func (s *subscriber) abandon(ctx context.Context, w *waiter, added []string) {
 	}
 	s.mu.Unlock()
 	if len(added) > 0 {
-		s.unsubscribe(ctx, added)
+		// Not with ctx, which may have ended: an UNSUBSCRIBE written past
+		// its deadline would fail and take the shard's connection down.
+		s.unsubscribe(context.WithoutCancel(ctx), added)
 	}
 }
 
