@@ -71,7 +71,7 @@ func (l *shardLog) message(name string, wake []byte, catchingUp bool) {
 		// after it, delivers its entry in order with what came before.
 		return
 	}
-	epoch, id, payload, ok := splitWakeUp(string(wake))
+	epoch, id, payload, ok := splitWakeUp(wake)
 	if !ok || l.s.clock.ahead(id.ms) {
 		// Not a wake-up, or one with an ID Redis cannot have made yet:
 		// published by someone else. Installed as the channel's position,
@@ -137,7 +137,7 @@ func (l *shardLog) catchUp(busy func()) (gap bool) {
 				l.forget(ch)
 			}
 			for _, e := range page.entries {
-				if l.deliverEntry(ch, page.epoch, e.id, e.payload) {
+				if l.deliverEntry(ch, page.epoch, e.id, []byte(e.payload)) {
 					l.s.logStats.caughtUp.Add(1)
 				}
 			}
@@ -165,7 +165,7 @@ func (l *shardLog) forget(redisChannel string) {
 // deliverEntry hands an entry of a Redis channel to the handler unless it
 // is not newer than the last one delivered of the same epoch, and
 // remembers it. It reports whether it delivered.
-func (l *shardLog) deliverEntry(redisChannel, epoch string, id streamID, payload string) bool {
+func (l *shardLog) deliverEntry(redisChannel, epoch string, id streamID, payload []byte) bool {
 	l.mu.Lock()
 	last, known := l.last[redisChannel]
 	_, held := l.held[redisChannel]
@@ -178,7 +178,7 @@ func (l *shardLog) deliverEntry(redisChannel, epoch string, id streamID, payload
 	}
 	l.last[redisChannel] = position{epoch: epoch, id: id, real: true}
 	l.mu.Unlock()
-	l.s.deliver(l.prefix, redisChannel, offsetOf(epoch, id), []byte(payload))
+	l.s.deliver(l.prefix, redisChannel, offsetOf(epoch, id), payload)
 	return true
 }
 

@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -110,18 +111,25 @@ func parseOffset(s string) (string, streamID, error) {
 }
 
 // splitWakeUp splits a wake-up message into its epoch, entry ID and
-// payload.
-func splitWakeUp(msg string) (epoch string, id streamID, payload string, ok bool) {
-	epoch, rest, ok1 := strings.Cut(msg, " ")
-	head, payload, ok2 := strings.Cut(rest, " ")
-	if !ok1 || !ok2 || !validEpoch(epoch) {
-		return "", streamID{}, "", false
+// payload. The payload is a part of msg, not a copy.
+func splitWakeUp(msg []byte) (epoch string, id streamID, payload []byte, ok bool) {
+	i := bytes.IndexByte(msg, ' ')
+	if i < 0 || i != epochLen {
+		return "", streamID{}, nil, false
 	}
-	id, err := parseID(head)
+	j := bytes.IndexByte(msg[i+1:], ' ')
+	if j < 0 {
+		return "", streamID{}, nil, false
+	}
+	epoch = string(msg[:i])
+	if !validEpoch(epoch) {
+		return "", streamID{}, nil, false
+	}
+	id, err := parseID(string(msg[i+1 : i+1+j]))
 	if err != nil {
-		return "", streamID{}, "", false
+		return "", streamID{}, nil, false
 	}
-	return epoch, id, payload, true
+	return epoch, id, msg[i+1+j+1:], true
 }
 
 // entry is one message read back from a log.
