@@ -118,8 +118,7 @@ func (p *publisher) publish(ctx context.Context, channel, key, ekey string, payl
 	r.state.Store(reqQueued)
 	select {
 	case p.queue <- r:
-		if len(p.queue)+1 >= p.overlapAt {
-			// Enough to start a pipeline beside those in flight.
+		if p.crowdedQueue() {
 			select {
 			case p.crowded <- struct{}{}:
 			default:
@@ -209,7 +208,7 @@ func (p *publisher) run() {
 // that. It reports false when the backplane closes first.
 func (p *publisher) startPipeline() bool {
 	p.mu.Lock()
-	for p.inflight > 0 && len(p.queue)+1 < p.overlapAt {
+	for p.inflight > 0 && !p.crowdedQueue() {
 		p.waiting++
 		answered := p.answered
 		p.mu.Unlock()
@@ -233,6 +232,12 @@ func (p *publisher) startPipeline() bool {
 	p.inflight++
 	p.mu.Unlock()
 	return true
+}
+
+// crowdedQueue reports whether enough is queued, counting the request the
+// forming pipeline holds, to start a pipeline beside those in flight.
+func (p *publisher) crowdedQueue() bool {
+	return len(p.queue)+1 >= p.overlapAt
 }
 
 // endPipeline marks a pipeline answered and starts those waiting for it.

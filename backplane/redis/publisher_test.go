@@ -5,38 +5,60 @@ import (
 	"sync"
 	"testing"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wshub/wshub/internal/redistest"
 )
 
+// pipelines records the size of every pipeline a test publisher sends.
+type pipelines struct {
+	mu    sync.Mutex
+	sizes []int
+	out   [2]chan struct{} // closed as the first and the second go out
+}
+
+func (pl *pipelines) sent(n int) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	pl.sizes = append(pl.sizes, n)
+	if i := len(pl.sizes) - 1; i < len(pl.out) {
+		close(pl.out[i])
+	}
+}
+
+func (pl *pipelines) all() []int {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return append([]int(nil), pl.sizes...)
+}
+
+// recordingPublisher starts a real redis-server and a publisher to it
+// that records its pipelines; both end with the test.
+func recordingPublisher(t *testing.T, pipes, maxBatch int) (*publisher, *goredis.Client, *pipelines) {
+	t.Helper()
+	client := redistest.Start(t).Client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	pl := &pipelines{out: [2]chan struct{}{make(chan struct{}), make(chan struct{})}}
+	p := newPublisher(publisherConfig{
+		ctx: ctx, client: client, pipelines: pipes, maxBatch: maxBatch,
+		done: func(error) {}, sent: pl.sent,
+	})
+	t.Cleanup(func() {
+		cancel()
+		p.close()
+	})
+	return p, client, pl
+}
+
 // TestPublishesShareThePipelineAfterTheOneInFlight holds Redis (CLIENT
 // PAUSE) while one pipeline is in flight and checks that the publishes made
 // meanwhile go out together in the next one, not each in a pipeline of its
 // own beside it.
 func TestPublishesShareThePipelineAfterTheOneInFlight(t *testing.T) {
-	srv := redistest.Start(t)
-	client := srv.Client(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-
-	var mu sync.Mutex
-	var sizes []int
-	firstOut := make(chan struct{})
-	p := newPublisher(publisherConfig{
-		ctx: ctx, client: client, pipelines: 4, maxBatch: 256,
-		done: func(error) {},
-		sent: func(n int) {
-			mu.Lock()
-			defer mu.Unlock()
-			sizes = append(sizes, n)
-			if len(sizes) == 1 {
-				close(firstOut)
-			}
-		},
-	})
-	defer p.close()
+	p, client, pl := recordingPublisher(t, 4, 256)
+	ctx := context.Background()
 	require.Equal(t, 4, p.overlapAt)
 
 	// Long enough for the publishes below to be queued; it ends by itself.
@@ -52,7 +74,7 @@ func TestPublishesShareThePipelineAfterTheOneInFlight(t *testing.T) {
 	}
 	wg.Add(1)
 	go publish()
-	<-firstOut
+	<-pl.out[0]
 	wg.Add(later)
 	for range later {
 		go publish()
@@ -68,45 +90,21 @@ func TestPublishesShareThePipelineAfterTheOneInFlight(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	require.Equal(t, []int{1, later}, sizes, "the publishes made while one was in flight share the next pipeline")
+	require.Equal(t, []int{1, later}, pl.all(), "the publishes made while one was in flight share the next pipeline")
 }
 
 // TestPublishesOverlapUnderLoad checks that pipelines still overlap when
 // the queue holds overlapAt requests: the second pipeline starts while the
 // first is still in flight.
 func TestPublishesOverlapUnderLoad(t *testing.T) {
-	srv := redistest.Start(t)
-	client := srv.Client(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-
-	var mu sync.Mutex
-	var sizes []int
-	firstOut, secondOut := make(chan struct{}), make(chan struct{})
-	p := newPublisher(publisherConfig{
-		ctx: ctx, client: client, pipelines: 2, maxBatch: 8,
-		done: func(error) {},
-		sent: func(n int) {
-			mu.Lock()
-			defer mu.Unlock()
-			sizes = append(sizes, n)
-			switch len(sizes) {
-			case 1:
-				close(firstOut)
-			case 2:
-				close(secondOut)
-			}
-		},
-	})
-	defer p.close()
+	p, client, pl := recordingPublisher(t, 2, 8)
+	ctx := context.Background()
 	require.Equal(t, 2, p.overlapAt)
 
 	require.NoError(t, client.Do(ctx, "CLIENT", "PAUSE", "2000", "ALL").Err())
 	firstDone := make(chan error, 1)
 	go func() { firstDone <- p.publishPlain(ctx, "c", []byte("m")) }()
-	<-firstOut
+	<-pl.out[0]
 	var wg sync.WaitGroup
 	wg.Add(3)
 	for range 3 {
@@ -115,7 +113,7 @@ func TestPublishesOverlapUnderLoad(t *testing.T) {
 			assert.NoError(t, p.publishPlain(ctx, "c", []byte("m")))
 		}()
 	}
-	<-secondOut
+	<-pl.out[1]
 	select {
 	case <-firstDone:
 		t.Fatal("the second pipeline waited for the first to be answered")

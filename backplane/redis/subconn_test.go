@@ -30,17 +30,25 @@ import (
 // checks the message arrives.
 func roundTrip(t *testing.T, client goredis.UniversalClient) {
 	t.Helper()
+	bp, got := startPubSub(t, client)
+	roundTripOn(t, bp, got, "room")
+}
+
+// startPubSub starts a PubSub on client, closed when the test ends, whose
+// handler hands the first message it is given, until taken, to got.
+func startPubSub(t *testing.T, client goredis.UniversalClient) (bp *wsredis.PubSub, got <-chan backplane.Message) {
+	t.Helper()
 	bp, err := wsredis.NewPubSub(client, &wsredis.Options{Logger: quiet})
 	require.NoError(t, err)
-	defer bp.Close()
-	got := make(chan backplane.Message, 1)
+	t.Cleanup(func() { _ = bp.Close() })
+	ch := make(chan backplane.Message, 1)
 	require.NoError(t, bp.Start(func(m backplane.Message) {
 		select {
-		case got <- m:
+		case ch <- m:
 		default:
 		}
 	}))
-	roundTripOn(t, bp, got, "room")
+	return bp, ch
 }
 
 // roundTripOn subscribes a started PubSub, whose handler feeds got, to
@@ -119,16 +127,7 @@ func TestSubscriptionThroughARing(t *testing.T) {
 // branch on, instead of breaking the subscription connection.
 func TestChannelLengthIsBounded(t *testing.T) {
 	srv := redistest.Start(t)
-	bp, err := wsredis.NewPubSub(srv.Client(t), &wsredis.Options{Logger: quiet})
-	require.NoError(t, err)
-	defer bp.Close()
-	got := make(chan backplane.Message, 1)
-	require.NoError(t, bp.Start(func(m backplane.Message) {
-		select {
-		case got <- m:
-		default:
-		}
-	}))
+	bp, got := startPubSub(t, srv.Client(t))
 	long := strings.Repeat("x", wsredis.MaxChannelLength+1)
 	require.ErrorIs(t, bp.Subscribe(bg, "ok", long), backplane.ErrInvalidChannel)
 	require.ErrorIs(t, bp.Publish(bg, long, []byte("p")), backplane.ErrInvalidChannel)
@@ -142,16 +141,7 @@ func TestChannelLengthIsBounded(t *testing.T) {
 func TestAnAbandonedSubscribeKeepsTheConnection(t *testing.T) {
 	srv := redistest.Start(t)
 	admin := srv.Client(t)
-	bp, err := wsredis.NewPubSub(srv.Client(t), &wsredis.Options{Logger: quiet})
-	require.NoError(t, err)
-	defer bp.Close()
-	got := make(chan backplane.Message, 1)
-	require.NoError(t, bp.Start(func(m backplane.Message) {
-		select {
-		case got <- m:
-		default:
-		}
-	}))
+	bp, got := startPubSub(t, srv.Client(t))
 	roundTripOn(t, bp, got, "room")
 
 	// Redis holds every command for a while: the next Subscribe's
