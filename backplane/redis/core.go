@@ -121,6 +121,7 @@ func (c *core) init(client goredis.UniversalClient, o Options, m mode, logs logS
 		sharded:   sharded,
 		pipelines: o.Pipelines,
 		maxBatch:  o.MaxBatch,
+		linger:    o.Linger,
 		logs:      logs,
 		done:      c.countPublish,
 	})

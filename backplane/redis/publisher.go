@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -50,12 +51,18 @@ type publisherConfig struct {
 	sharded   bool                    // SPUBLISH instead of PUBLISH
 	pipelines int                     // Options.Pipelines
 	maxBatch  int                     // Options.MaxBatch
+	linger    time.Duration           // Options.Linger; 0 never waits
 	// logs sends the messages that go to a log; nil when none do.
 	logs logScript
 	// done is told the outcome of every message sent.
 	done func(err error)
 	// sent, when not nil, is told the size of every pipeline as it goes out.
 	sent func(n int)
+	// lingered, when not nil, is told the end of every linger: whether a
+	// second request joined. lingering, when not nil, is called as one
+	// begins to wait.
+	lingered  func(joined bool)
+	lingering func()
 }
 
 // publisher batches concurrent Publish calls into pipelines, each one round
@@ -68,6 +75,16 @@ type publisherConfig struct {
 // node a read and a write per message. Only when at least overlapAt
 // requests are queued does a pipeline start beside those in flight, up to
 // Options.Pipelines at once.
+//
+// With a linger, a pipeline that would go out alone (none in flight,
+// nothing else queued) waits up to the linger for one more publish to
+// share its round trip, but only while publishes have been coming less
+// than half a linger apart, so that one is likely to come soon. Publishes
+// further apart go out at once, as without it. A linger that no publish
+// joined (a caller that publishes one message at a time, each after the
+// last was answered, looks busy but never brings company) is not tried for
+// the next 2, 4, 8 ... up to 1024 pipelines, and one that was joined
+// starts that count again.
 type publisher struct {
 	cfg       publisherConfig
 	queue     chan *pubReq
@@ -76,7 +93,13 @@ type publisher struct {
 	overlapAt int // queued requests for which a pipeline starts beside others: 4, or MaxBatch/4 when less
 
 	next    chan struct{} // held by the one pipeline forming, capacity 1
+	formed  atomic.Int64  // when the last pipeline took its first request, in nanoseconds since start
+	carried atomic.Int64  // the requests the last pipeline took
+	start   time.Time     // the clock of formed
 	crowded chan struct{} // a token when the queue reached overlapAt, capacity 1
+	// Held with next: lingers in a row that nothing joined, and the
+	// pipelines left to form before the next try.
+	misses, skip int
 
 	mu       sync.Mutex
 	inflight int           // pipelines sent and not yet answered
@@ -93,7 +116,9 @@ func newPublisher(cfg publisherConfig) *publisher {
 		answered:  make(chan struct{}),
 		next:      make(chan struct{}, 1),
 		crowded:   make(chan struct{}, 1),
+		start:     time.Now(),
 	}
+	p.formed.Store(-int64(time.Hour)) // the first publish has no one before it
 	p.wg.Add(cfg.pipelines)
 	for i := 0; i < cfg.pipelines; i++ {
 		go p.run()
@@ -160,6 +185,12 @@ func (p *publisher) run() {
 	defer p.wg.Done()
 	batch := make([]*pubReq, 0, p.cfg.maxBatch)
 	pb := &pipeBuf{cmds: make([]goredis.Cmder, 0, p.cfg.maxBatch)}
+	var lingerT *time.Timer
+	if p.cfg.linger > 0 {
+		lingerT = time.NewTimer(time.Hour)
+		lingerT.Stop()
+		defer lingerT.Stop()
+	}
 	for {
 		// One pipeline at a time forms: it holds next from taking its
 		// first request until it starts, so that under light load the
@@ -179,14 +210,18 @@ func (p *publisher) run() {
 			p.drain()
 			return
 		}
-		started := p.startPipeline()
+		batch = append(batch[:0], first)
+		started := p.cfg.linger <= 0 || p.linger(&batch, lingerT)
+		started = started && p.startPipeline()
 		<-p.next
 		if !started {
-			p.fail(first, backplane.ErrClosed)
+			for _, r := range batch {
+				p.fail(r, backplane.ErrClosed)
+			}
+			clear(batch)
 			p.drain()
 			return
 		}
-		batch = append(batch[:0], first)
 	fill:
 		for len(batch) < cap(batch) {
 			select {
@@ -196,8 +231,8 @@ func (p *publisher) run() {
 				break fill
 			}
 		}
+		p.carried.Store(int64(len(batch)))
 		p.send(batch, pb)
-		p.endPipeline()
 		clear(batch)
 	}
 }
@@ -234,6 +269,59 @@ func (p *publisher) startPipeline() bool {
 	return true
 }
 
+// linger waits up to the linger for a second request to join batch (its
+// first), when none is in flight and nothing else is queued, while requests
+// have been coming less than half a linger apart (the time since the last
+// pipeline took its first request, over the requests that pipeline took)
+// and no miss holds it off. t
+// is the caller's timer, stopped. It reports false when the backplane
+// closes first.
+func (p *publisher) linger(batch *[]*pubReq, t *time.Timer) bool {
+	now := int64(time.Since(p.start))
+	gap := now - p.formed.Swap(now)
+	if gap >= int64(p.cfg.linger)/2*max(p.carried.Load(), 1) || len(p.queue) > 0 || len(*batch) == cap(*batch) {
+		return true
+	}
+	if p.skip > 0 {
+		p.skip--
+		return true
+	}
+	p.mu.Lock()
+	busy := p.inflight > 0 // the pipeline waits for that one anyway
+	p.mu.Unlock()
+	if busy {
+		return true
+	}
+	if p.cfg.lingering != nil {
+		p.cfg.lingering()
+	}
+	t.Reset(p.cfg.linger)
+	defer t.Stop()
+	joined := false
+	select {
+	case r := <-p.queue:
+		*batch = append(*batch, r)
+		joined = true
+	case <-t.C:
+	case <-p.stop:
+		return false
+	}
+	if joined {
+		p.misses = 0
+	} else {
+		p.misses = min(p.misses+1, maxLingerMisses)
+		p.skip = 1 << p.misses
+	}
+	if p.cfg.lingered != nil {
+		p.cfg.lingered(joined)
+	}
+	return true
+}
+
+// maxLingerMisses bounds the pipelines a publisher forms without trying to
+// linger after lingers that nothing joined: 1 << 10.
+const maxLingerMisses = 10
+
 // crowdedQueue reports whether enough is queued, counting the request the
 // forming pipeline holds, to start a pipeline beside those in flight.
 func (p *publisher) crowdedQueue() bool {
@@ -259,7 +347,9 @@ func (p *publisher) fail(r *pubReq, err error) {
 }
 
 // send publishes the requests that their callers still wait for in one
-// pipeline and hands each caller its result.
+// pipeline and hands each caller its result. The pipeline counts as
+// answered (endPipeline) as soon as Redis answered it, before the callers
+// are told, so that one publishing again at once finds none in flight.
 func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 	live := batch[:0]
 	for _, r := range batch {
@@ -268,9 +358,11 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 		}
 	}
 	if len(live) == 0 {
+		p.endPipeline()
 		return
 	}
 	cmds, execErr := p.exec(pb, live)
+	p.endPipeline()
 	var errs []error // set only when something failed
 	if execErr != nil {
 		errs = make([]error, len(live))

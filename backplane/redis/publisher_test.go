@@ -2,8 +2,10 @@ package redis
 
 import (
 	"context"
+	"net/url"
 	"sync"
 	"testing"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -36,15 +38,20 @@ func (pl *pipelines) all() []int {
 
 // recordingPublisher starts a real redis-server and a publisher to it
 // that records its pipelines; both end with the test.
-func recordingPublisher(t *testing.T, pipes, maxBatch int) (*publisher, *goredis.Client, *pipelines) {
+// set, when not nil, changes the publisher's configuration first.
+func recordingPublisher(t *testing.T, pipes, maxBatch int, set ...func(*publisherConfig)) (*publisher, *goredis.Client, *pipelines) {
 	t.Helper()
 	client := redistest.Start(t).Client(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	pl := &pipelines{out: [2]chan struct{}{make(chan struct{}), make(chan struct{})}}
-	p := newPublisher(publisherConfig{
+	cfg := publisherConfig{
 		ctx: ctx, client: client, pipelines: pipes, maxBatch: maxBatch,
 		done: func(error) {}, sent: pl.sent,
-	})
+	}
+	for _, f := range set {
+		f(&cfg)
+	}
+	p := newPublisher(cfg)
 	t.Cleanup(func() {
 		cancel()
 		p.close()
@@ -121,4 +128,137 @@ func TestPublishesOverlapUnderLoad(t *testing.T) {
 	}
 	require.NoError(t, <-firstDone)
 	wg.Wait()
+}
+
+// lingerLog records how each linger of a test publisher ended.
+type lingerLog struct {
+	mu      sync.Mutex
+	joined  int
+	missed  int
+	started chan struct{} // a token as each linger begins to wait
+}
+
+func (l *lingerLog) set(linger time.Duration) func(*publisherConfig) {
+	l.started = make(chan struct{}, 1024)
+	return func(c *publisherConfig) {
+		c.linger = linger
+		c.lingering = func() { l.started <- struct{}{} }
+		c.lingered = func(joined bool) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if joined {
+				l.joined++
+			} else {
+				l.missed++
+			}
+		}
+	}
+}
+
+func (l *lingerLog) counts() (joined, missed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.joined, l.missed
+}
+
+// TestLingerTakesTheNextPublishAlong checks that, while publishes come
+// closer together than half the linger, a publish that would go out alone
+// waits for the next one and both share one pipeline; without the linger
+// each goes out in a pipeline of its own.
+func TestLingerTakesTheNextPublishAlong(t *testing.T) {
+	var log lingerLog
+	p, _, pl := recordingPublisher(t, 4, 256, log.set(time.Minute))
+	ctx := context.Background()
+
+	// The first publish has no one before it: it goes out at once.
+	require.NoError(t, p.publishPlain(ctx, "c", []byte("a")))
+	select {
+	case <-log.started:
+		t.Fatal("the first publish lingered")
+	default:
+	}
+	// The next one comes well within half a minute of it: it waits for
+	// company, and the third joins it.
+	errs := make(chan error, 2)
+	go func() { errs <- p.publishPlain(ctx, "c", []byte("b")) }()
+	select {
+	case <-log.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second publish did not linger")
+	}
+	go func() { errs <- p.publishPlain(ctx, "c", []byte("c")) }()
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	assert.Equal(t, []int{1, 2}, pl.all())
+	joined, missed := log.counts()
+	assert.Equal(t, 1, joined)
+	assert.Zero(t, missed)
+}
+
+// TestLingerIsNotPaidByOneMessageAtATime checks that a caller publishing
+// one message at a time (each after the last was answered, so never in
+// company) pays a linger only now and then: after each linger nothing
+// joined, the next 2, 4, 8 ... pipelines go out at once. Without that every
+// one of its publishes would wait out the linger.
+func TestLingerIsNotPaidByOneMessageAtATime(t *testing.T) {
+	var log lingerLog
+	p, _, pl := recordingPublisher(t, 4, 256, log.set(100*time.Millisecond))
+	ctx := context.Background()
+	const n = 100
+	for i := range n {
+		require.NoError(t, p.publishPlain(ctx, "c", []byte{byte(i)}))
+	}
+	joined, missed := log.counts()
+	assert.Zero(t, joined)
+	// Misses at the 2nd, 5th, 10th, 19th, 36th and 69th publish (each
+	// followed by 2, 4, 8, 16, 32 and 64 without), or fewer where a round
+	// trip took longer than half the linger.
+	assert.GreaterOrEqual(t, missed, 1)
+	assert.LessOrEqual(t, missed, 6)
+	assert.Len(t, pl.all(), n)
+}
+
+// TestLingerWaitsOnlyWhilePublishesComeClose checks that publishes further
+// apart than half the linger go out at once, each alone.
+func TestLingerWaitsOnlyWhilePublishesComeClose(t *testing.T) {
+	var log lingerLog
+	const linger = 40 * time.Millisecond
+	p, _, pl := recordingPublisher(t, 4, 256, log.set(linger))
+	ctx := context.Background()
+	for i := range 4 {
+		if i > 0 {
+			time.Sleep(linger) // the gap the test is about, not a wait for something
+		}
+		require.NoError(t, p.publishPlain(ctx, "c", []byte{byte(i)}))
+	}
+	joined, missed := log.counts()
+	assert.Zero(t, joined+missed, "no publish lingered")
+	assert.Equal(t, []int{1, 1, 1, 1}, pl.all())
+}
+
+// TestLingerOption checks Options.Linger's default, its off switch in
+// Options (negative) and in a URL (linger=0), and its bound.
+func TestLingerOption(t *testing.T) {
+	o, err := (&Options{}).withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, defaultLinger, o.Linger)
+	o, err = (&Options{Linger: -1}).withDefaults()
+	require.NoError(t, err)
+	assert.Zero(t, o.Linger, "negative is off")
+	_, err = (&Options{Linger: time.Second}).withDefaults()
+	assert.ErrorIs(t, err, ErrInvalidOptions)
+
+	for query, want := range map[string]time.Duration{
+		"": defaultLinger, "linger=0": 0, "linger=2ms": 2 * time.Millisecond, "linger=-1ms": 0,
+	} {
+		cfg, err := parseQuery(&url.URL{Scheme: "redis", Host: "127.0.0.1:1", RawQuery: query})
+		require.NoError(t, err, query)
+		o, err := cfg.opts.Options.withDefaults()
+		require.NoError(t, err, query)
+		assert.Equal(t, want, o.Linger, query)
+	}
+	for _, bad := range []string{"linger=soon", "linger=1h"} {
+		_, err := parseQuery(&url.URL{Scheme: "redis", Host: "127.0.0.1:1", RawQuery: bad})
+		assert.ErrorIs(t, err, ErrInvalidOptions, bad)
+	}
 }

@@ -24,9 +24,10 @@ func init() {
 //
 // The backplane is a *PubSub, or a *Streams with mode=streams. The options
 // of this package are query parameters: mode (pubsub, the default, or
-// streams), prefix, probe_interval, probe_timeout, presence_ttl
-// (durations such as 500ms), shards, pipelines, max_batch, and, with mode=streams only,
-// max_len, max_age and epoch_ttl. cluster=true connects to a Redis
+// streams), prefix, probe_interval, probe_timeout, presence_ttl and linger
+// (durations such as 500ms; linger=0 turns lingering off), shards,
+// pipelines, max_batch, and, with mode=streams only, max_len, max_age and
+// epoch_ttl. cluster=true connects to a Redis
 // Cluster, with more seed nodes given as addr=host:port parameters. Every
 // other parameter goes to go-redis (ParseURL or ParseClusterURL), for
 // example dial_timeout=2s or pool_size=20.
@@ -137,6 +138,12 @@ func parseQuery(u *url.URL) (urlConfig, error) {
 	take("shards", num(&o.Shards))
 	take("pipelines", num(&o.Pipelines))
 	take("max_batch", num(&o.MaxBatch))
+	take("linger", func(v string) (err error) {
+		if o.Linger, err = time.ParseDuration(v); err == nil && o.Linger == 0 {
+			o.Linger = -1 // off, where the field's zero is the default
+		}
+		return err
+	})
 	take("max_len", num(&o.MaxLen))
 	take("max_age", dur(&o.MaxAge))
 	take("epoch_ttl", dur(&o.EpochTTL))
