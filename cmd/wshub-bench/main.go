@@ -108,7 +108,8 @@
 // server's used_cpu_sys and used_cpu_user from INFO cpu; 0 otherwise), and
 // deliveries_per_server_cpu_s is delivered over server_cpu_s: the cost of a
 // delivery, which on a machine whose cores the client process shares matters
-// more than deliveries_per_s.
+// more than deliveries_per_s. server_writes is the server process's write
+// system calls in that phase (Linux's /proc/self/io; 0 elsewhere).
 //
 // Every scenario that sends has a fixed-rate mode, -rate R: message i is due
 // at i/R seconds after the first and its latency counts from when it was due,

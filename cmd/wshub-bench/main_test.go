@@ -69,10 +69,10 @@ func runLine(t *testing.T, args ...string) result {
 	require.NoError(t, json.Unmarshal([]byte(out), &fields))
 	for _, f := range []string{"scenario", "backplane", "nodes", "conns", "msgs", "size", "batch", "delivered", "lost",
 		"deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "server_bytes_per_conn", "goroutines_per_conn",
-		"rate", "server_cpu_s", "client_cpu_s", "redis_cpu_s", "deliveries_per_server_cpu_s"} {
+		"rate", "server_cpu_s", "client_cpu_s", "redis_cpu_s", "deliveries_per_server_cpu_s", "server_writes"} {
 		require.Contains(t, fields, f)
 	}
-	require.Len(t, fields, 20)
+	require.Len(t, fields, 21)
 	var res result
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()

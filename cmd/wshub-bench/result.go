@@ -37,6 +37,10 @@ type result struct {
 	ClientCPUS        float64 `json:"client_cpu_s"`
 	RedisCPUS         float64 `json:"redis_cpu_s"`
 	DeliveriesPerCPUS float64 `json:"deliveries_per_server_cpu_s"`
+	// ServerWrites is the server process's write system calls in the
+	// traffic phase (Linux; 0 elsewhere): deliveries over it is how many
+	// messages a write carries.
+	ServerWrites int64 `json:"server_writes"`
 }
 
 // newResult returns the line's description of the run as cfg asks for it.

@@ -25,6 +25,7 @@ type delivery struct {
 	drain  reply
 	// the traffic phase's CPU time
 	serverCPU, clientCPU, redisCPU time.Duration
+	serverWrites                   int64
 }
 
 // traffic runs the traffic phase and returns the run's result.
@@ -43,7 +44,7 @@ func (e *env) drive(ctx context.Context, t traffic) (delivery, error) {
 	rc := newRedisCPU(e.cfg.backplane)
 	defer rc.close()
 	redis0 := rc.read(ctx)
-	cpu0, clientCPU0 := cpuTime(), e.clientCPU
+	cpu0, clientCPU0, writes0 := cpuTime(), e.clientCPU, writeCalls()
 	pub := e.publish(ctx, t)
 	e.logf("published %d of %d messages in %v (%.0f/s), %d failed%s",
 		pub.sent, e.cfg.msgs, pub.elapsed.Round(time.Millisecond),
@@ -61,7 +62,7 @@ func (e *env) drive(ctx context.Context, t traffic) (delivery, error) {
 			dr.Delivered, dr.Frames, float64(dr.Delivered)/max(float64(dr.Frames), 1))
 	}
 	wall := time.Since(pub.start)
-	srvCPU, cliCPU := cpuTime()-cpu0, time.Duration(dr.CPUNS-clientCPU0)
+	srvCPU, cliCPU, writes := cpuTime()-cpu0, time.Duration(dr.CPUNS-clientCPU0), writeCalls()-writes0
 	var redisCPU time.Duration
 	if rc != nil {
 		redisCPU = rc.read(ctx) - redis0
@@ -70,7 +71,7 @@ func (e *env) drive(ctx context.Context, t traffic) (delivery, error) {
 	e.logf("traffic phase %v: server process cpu %v (%.0f%% of one core), client process cpu %v (%.0f%%)",
 		wall.Round(time.Millisecond), srvCPU.Round(time.Millisecond), 100*srvCPU.Seconds()/wall.Seconds(),
 		cliCPU.Round(time.Millisecond), 100*cliCPU.Seconds()/wall.Seconds())
-	return delivery{expect: t.expect, pub: pub, drain: dr, serverCPU: srvCPU, clientCPU: cliCPU, redisCPU: redisCPU}, nil
+	return delivery{expect: t.expect, pub: pub, drain: dr, serverCPU: srvCPU, clientCPU: cliCPU, redisCPU: redisCPU, serverWrites: writes}, nil
 }
 
 // finish describes the server and returns the result with d's deliveries
@@ -87,6 +88,7 @@ func (e *env) finish(ctx context.Context, d delivery) (result, error) {
 	}
 	res.P50Ms, res.P99Ms, res.MaxMs = ms(dr.P50NS), ms(dr.P99NS), ms(dr.MaxNS)
 	res.ServerCPUS, res.ClientCPUS, res.RedisCPUS = round(d.serverCPU.Seconds(), 3), round(d.clientCPU.Seconds(), 3), round(d.redisCPU.Seconds(), 3)
+	res.ServerWrites = d.serverWrites
 	if d.serverCPU > 0 {
 		res.DeliveriesPerCPUS = math.Round(float64(dr.Delivered) / d.serverCPU.Seconds())
 	}
