@@ -34,7 +34,10 @@
 // Concurrent Publish calls are pipelined: several messages share one round
 // trip to Redis. A message that finds no pipeline in flight goes out at
 // once; the messages that come while one is in flight go out together as
-// soon as it is answered. Subscribe and Unsubscribe calls are sent on one
+// soon as it is answered. While publishes come closer together than half of
+// Options.Linger (500µs), one that would go out alone waits up to Linger for
+// the next to share its round trip, which at moderate rates saves Redis most
+// of its CPU per message. Subscribe and Unsubscribe calls are sent on one
 // subscription connection per node (per shard with a cluster); Subscribe
 // returns when Redis has confirmed every channel.
 //
