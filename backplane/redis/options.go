@@ -48,14 +48,17 @@ type Options struct {
 	// MaxBatch is the most commands in one publish pipeline. Default 256.
 	MaxBatch int
 
-	// Linger is how long a publish that would go out alone waits for
-	// others to share its round trip, when the node publishes more often
-	// than once per Linger; publishes further apart go out at once, and
-	// one that finds a pipeline in flight waits for that instead. Each
-	// round trip saved spares Redis a read, a reply and a write to every
-	// subscribing node, which at moderate rates is most of its CPU per
-	// message; the cost is up to Linger of latency at those rates. A
-	// negative value turns it off. Default 500µs.
+	// Linger is how long a publish that would go out alone waits for the
+	// next one to share its round trip, while the node's publishes come
+	// less than half a Linger apart; publishes further apart go out at
+	// once, and one that finds a pipeline in flight waits for that
+	// instead. Each round trip saved spares Redis a wake-up, a read, a
+	// reply and a write to every subscribing node, which at moderate rates
+	// is most of its CPU per message; the cost is up to Linger of latency
+	// at those rates (about 0.2 ms more at the median with the default).
+	// A caller that publishes one message at a time, each after the last
+	// returned, soon stops paying it. A negative value turns it off; at
+	// most 100ms. Default 500µs.
 	Linger time.Duration
 
 	// PresenceTTL is how long an instance of the presence record

@@ -80,11 +80,11 @@ type publisherConfig struct {
 // nothing else queued) waits up to the linger for one more publish to
 // share its round trip, but only while publishes have been coming less
 // than half a linger apart, so that one is likely to come soon. Publishes
-// further apart go out at once, as without it. A linger that no publish
-// joined (a caller that publishes one message at a time, each after the
-// last was answered, looks busy but never brings company) is not tried for
-// the next 2, 4, 8 ... up to 1024 pipelines, and one that was joined
-// starts that count again.
+// further apart go out at once, as without it. After a linger that no
+// publish joined (a caller that publishes one message at a time, each after
+// the last was answered, looks busy but never brings company), the next 2,
+// 4, 8 ... up to 1024 pipelines that would linger go out at once instead,
+// and a linger that was joined starts that count again.
 type publisher struct {
 	cfg       publisherConfig
 	queue     chan *pubReq
@@ -271,19 +271,15 @@ func (p *publisher) startPipeline() bool {
 
 // linger waits up to the linger for a second request to join batch (its
 // first), when none is in flight and nothing else is queued, while requests
-// have been coming less than half a linger apart (the time since the last
-// pipeline took its first request, over the requests that pipeline took)
-// and no miss holds it off. t
-// is the caller's timer, stopped. It reports false when the backplane
-// closes first.
+// have been coming less than half a linger apart (roughly: the time since
+// the last pipeline took its first request, over the requests a recent
+// pipeline took), unless a miss holds it off. t is the caller's timer,
+// stopped, and stopped again on return. It reports false when the
+// backplane closes first.
 func (p *publisher) linger(batch *[]*pubReq, t *time.Timer) bool {
 	now := int64(time.Since(p.start))
 	gap := now - p.formed.Swap(now)
 	if gap >= int64(p.cfg.linger)/2*max(p.carried.Load(), 1) || len(p.queue) > 0 || len(*batch) == cap(*batch) {
-		return true
-	}
-	if p.skip > 0 {
-		p.skip--
 		return true
 	}
 	p.mu.Lock()
@@ -292,19 +288,31 @@ func (p *publisher) linger(batch *[]*pubReq, t *time.Timer) bool {
 	if busy {
 		return true
 	}
+	if p.skip > 0 {
+		p.skip-- // counts only the pipelines that would linger
+		return true
+	}
 	if p.cfg.lingering != nil {
 		p.cfg.lingering()
 	}
 	t.Reset(p.cfg.linger)
-	defer t.Stop()
-	joined := false
+	joined, fired := false, false
 	select {
 	case r := <-p.queue:
 		*batch = append(*batch, r)
 		joined = true
 	case <-t.C:
+		fired = true
 	case <-p.stop:
-		return false
+	}
+	if !fired && !t.Stop() {
+		select { // a tick left in the channel (GODEBUG=asynctimerchan=1)
+		case <-t.C:
+		default:
+		}
+	}
+	if !joined && !fired {
+		return false // stopped
 	}
 	if joined {
 		p.misses = 0
@@ -348,8 +356,8 @@ func (p *publisher) fail(r *pubReq, err error) {
 
 // send publishes the requests that their callers still wait for in one
 // pipeline and hands each caller its result. The pipeline counts as
-// answered (endPipeline) as soon as Redis answered it, before the callers
-// are told, so that one publishing again at once finds none in flight.
+// answered (endPipeline) once Redis answered all of it, before the callers
+// are told.
 func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 	live := batch[:0]
 	for _, r := range batch {
@@ -362,7 +370,6 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 		return
 	}
 	cmds, execErr := p.exec(pb, live)
-	p.endPipeline()
 	var errs []error // set only when something failed
 	if execErr != nil {
 		errs = make([]error, len(live))
@@ -386,6 +393,9 @@ func (p *publisher) send(batch []*pubReq, pb *pipeBuf) {
 			}
 		}
 	}
+	// Answered, the retry included (a pipeline started before it would
+	// overtake it): one publishing again at once finds none in flight.
+	p.endPipeline()
 	defer pb.release()
 	for i, r := range live {
 		var err error

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"sync"
 	"testing"
@@ -169,6 +170,7 @@ func TestLingerTakesTheNextPublishAlong(t *testing.T) {
 	var log lingerLog
 	p, _, pl := recordingPublisher(t, 4, 256, log.set(time.Minute))
 	ctx := context.Background()
+	p.misses = 3 // from earlier lingers that nothing joined; a joined one forgets them
 
 	// The first publish has no one before it: it goes out at once.
 	require.NoError(t, p.publishPlain(ctx, "c", []byte("a")))
@@ -193,6 +195,7 @@ func TestLingerTakesTheNextPublishAlong(t *testing.T) {
 	joined, missed := log.counts()
 	assert.Equal(t, 1, joined)
 	assert.Zero(t, missed)
+	assert.Zero(t, p.misses)
 }
 
 // TestLingerIsNotPaidByOneMessageAtATime checks that a caller publishing
@@ -210,9 +213,10 @@ func TestLingerIsNotPaidByOneMessageAtATime(t *testing.T) {
 	}
 	joined, missed := log.counts()
 	assert.Zero(t, joined)
-	// Misses at the 2nd, 5th, 10th, 19th, 36th and 69th publish (each
-	// followed by 2, 4, 8, 16, 32 and 64 without), or fewer where a round
-	// trip took longer than half the linger.
+	// Misses at about the 2nd, 6th, 12th, 22nd, 40th and 74th publish
+	// (after each, the next publish comes more than half a linger later
+	// and goes out at once; then 2, 4, 8, 16 and 32 that would linger do
+	// not), or fewer where a round trip took longer than half the linger.
 	assert.GreaterOrEqual(t, missed, 1)
 	assert.LessOrEqual(t, missed, 6)
 	assert.Len(t, pl.all(), n)
@@ -261,4 +265,81 @@ func TestLingerOption(t *testing.T) {
 		_, err := parseQuery(&url.URL{Scheme: "redis", Host: "127.0.0.1:1", RawQuery: bad})
 		assert.ErrorIs(t, err, ErrInvalidOptions, bad)
 	}
+}
+
+// TestLingerNeverWaitsBesideAPipelineInFlight holds Redis (CLIENT PAUSE)
+// with one pipeline in flight and checks that the next publish, close
+// behind it, waits for that pipeline's answer rather than lingering too.
+func TestLingerNeverWaitsBesideAPipelineInFlight(t *testing.T) {
+	var log lingerLog
+	p, client, pl := recordingPublisher(t, 4, 256, log.set(time.Minute))
+	ctx := context.Background()
+	require.NoError(t, client.Do(ctx, "CLIENT", "PAUSE", "500", "ALL").Err())
+	errs := make(chan error, 2)
+	go func() { errs <- p.publishPlain(ctx, "c", []byte("a")) }()
+	<-pl.out[0]
+	go func() { errs <- p.publishPlain(ctx, "c", []byte("b")) }()
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+	select {
+	case <-log.started:
+		t.Fatal("a publish lingered beside a pipeline in flight")
+	default:
+	}
+	assert.Equal(t, []int{1, 1}, pl.all())
+}
+
+// TestAPipelineIsAnsweredBeforeItsCallers checks that a pipeline no longer
+// counts as in flight when its callers are told, so that one publishing
+// again at once is not held for it (nor lingers behind it).
+func TestAPipelineIsAnsweredBeforeItsCallers(t *testing.T) {
+	var pp *publisher
+	inflight := make(chan int, 16)
+	p, _, _ := recordingPublisher(t, 4, 256, func(c *publisherConfig) {
+		c.done = func(error) {
+			pp.mu.Lock()
+			inflight <- pp.inflight
+			pp.mu.Unlock()
+		}
+	})
+	pp = p
+	for range 3 {
+		require.NoError(t, p.publishPlain(context.Background(), "c", []byte("m")))
+		assert.Zero(t, <-inflight)
+	}
+}
+
+// blockedScript is a logScript whose commands find no script (EVALSHA of
+// one Redis never loaded) and whose reload waits for the test.
+type blockedScript struct {
+	reloading chan struct{} // a token as a reload begins
+	reload    chan error    // what the reload returns
+}
+
+func (b *blockedScript) appendCmd(ctx context.Context, pipe goredis.Pipeliner, r *pubReq) goredis.Cmder {
+	return pipe.EvalSha(ctx, "0000000000000000000000000000000000000000", []string{r.key}, r.payload)
+}
+
+func (b *blockedScript) loadScript(context.Context) error {
+	b.reloading <- struct{}{}
+	return <-b.reload
+}
+
+// TestAPipelineRetriedAfterNoscriptStaysInFlight checks that a pipeline
+// that found its script missing still counts as in flight while the script
+// is loaded again and its commands resent, so that a later publish cannot
+// overtake them.
+func TestAPipelineRetriedAfterNoscriptStaysInFlight(t *testing.T) {
+	script := &blockedScript{reloading: make(chan struct{}, 4), reload: make(chan error, 4)}
+	p, _, _ := recordingPublisher(t, 4, 256, func(c *publisherConfig) { c.logs = script })
+	ctx := context.Background()
+	errc := make(chan error, 1)
+	go func() { errc <- p.publish(ctx, "c", "log:c", "epoch:c", []byte("a")) }()
+	<-script.reloading
+	p.mu.Lock()
+	inflight := p.inflight
+	p.mu.Unlock()
+	assert.Equal(t, 1, inflight, "in flight while it reloads the script")
+	script.reload <- errors.New("no reload this time")
+	assert.Error(t, <-errc, "the script was never there")
 }
