@@ -9,6 +9,7 @@ import (
 	"flag"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -131,6 +132,11 @@ func TestScenarios(t *testing.T) {
 				require.Positive(t, res.ServerCPUS, "the traffic phase costs the server CPU")
 				require.Positive(t, res.ClientCPUS)
 				require.Positive(t, res.DeliveriesPerCPUS)
+				if runtime.GOOS == "linux" {
+					// Every delivery is written by a system call of the server.
+					require.Positive(t, res.ServerWrites)
+					require.LessOrEqual(t, res.ServerWrites, 10*res.Delivered+1000)
+				}
 			} else {
 				require.Zero(t, res.Msgs)
 				require.Zero(t, res.DeliveriesPerS)
@@ -309,7 +315,7 @@ func TestPresenceScenario(t *testing.T) {
 	require.Equal(t, 1, strings.Count(out, "\n"), "exactly one line on stdout")
 	var fields map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &fields))
-	require.Len(t, fields, 21, "the standard fields and presence")
+	require.Len(t, fields, 22, "the standard fields and presence")
 	var res result
 	dec := json.NewDecoder(strings.NewReader(out))
 	dec.DisallowUnknownFields()
