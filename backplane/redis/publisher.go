@@ -93,12 +93,12 @@ type publisher struct {
 	overlapAt int // queued requests for which a pipeline starts beside others: 4, or MaxBatch/4 when less
 
 	next    chan struct{} // held by the one pipeline forming, capacity 1
-	formed  atomic.Int64  // when the last pipeline took its first request, in nanoseconds since start
 	carried atomic.Int64  // the requests the last pipeline took
-	start   time.Time     // the clock of formed
 	crowded chan struct{} // a token when the queue reached overlapAt, capacity 1
-	// Held with next: lingers in a row that nothing joined, and the
-	// pipelines left to form before the next try.
+	// Held with next: when the last pipeline took its first request (zero
+	// before the first), lingers in a row that nothing joined, and the
+	// pipelines that would linger left to go out at once.
+	formed       time.Time
 	misses, skip int
 
 	mu       sync.Mutex
@@ -116,9 +116,7 @@ func newPublisher(cfg publisherConfig) *publisher {
 		answered:  make(chan struct{}),
 		next:      make(chan struct{}, 1),
 		crowded:   make(chan struct{}, 1),
-		start:     time.Now(),
 	}
-	p.formed.Store(-int64(time.Hour)) // the first publish has no one before it
 	p.wg.Add(cfg.pipelines)
 	for i := 0; i < cfg.pipelines; i++ {
 		go p.run()
@@ -274,12 +272,13 @@ func (p *publisher) startPipeline() bool {
 // have been coming less than half a linger apart (roughly: the time since
 // the last pipeline took its first request, over the requests a recent
 // pipeline took), unless a miss holds it off. t is the caller's timer,
-// stopped, and stopped again on return. It reports false when the
+// stopped, and stopped (or fired and drained) again on return. It reports false when the
 // backplane closes first.
 func (p *publisher) linger(batch *[]*pubReq, t *time.Timer) bool {
-	now := int64(time.Since(p.start))
-	gap := now - p.formed.Swap(now)
-	if gap >= int64(p.cfg.linger)/2*max(p.carried.Load(), 1) || len(p.queue) > 0 || len(*batch) == cap(*batch) {
+	now := time.Now()
+	gap := now.Sub(p.formed) // long before the first pipeline
+	p.formed = now
+	if gap >= p.cfg.linger/2*time.Duration(max(p.carried.Load(), 1)) || len(p.queue) > 0 || len(*batch) == cap(*batch) {
 		return true
 	}
 	p.mu.Lock()
@@ -296,23 +295,16 @@ func (p *publisher) linger(batch *[]*pubReq, t *time.Timer) bool {
 		p.cfg.lingering()
 	}
 	t.Reset(p.cfg.linger)
-	joined, fired := false, false
+	joined := false
 	select {
 	case r := <-p.queue:
 		*batch = append(*batch, r)
 		joined = true
+		stopTimer(t)
 	case <-t.C:
-		fired = true
 	case <-p.stop:
-	}
-	if !fired && !t.Stop() {
-		select { // a tick left in the channel (GODEBUG=asynctimerchan=1)
-		case <-t.C:
-		default:
-		}
-	}
-	if !joined && !fired {
-		return false // stopped
+		stopTimer(t)
+		return false
 	}
 	if joined {
 		p.misses = 0
@@ -324,6 +316,17 @@ func (p *publisher) linger(batch *[]*pubReq, t *time.Timer) bool {
 		p.cfg.lingered(joined)
 	}
 	return true
+}
+
+// stopTimer stops t, which has not fired into a receive, and drains a tick
+// it left (only possible with GODEBUG=asynctimerchan=1).
+func stopTimer(t *time.Timer) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
 }
 
 // maxLingerMisses bounds the pipelines a publisher forms without trying to
